@@ -1,0 +1,51 @@
+"""mtasts — MTA-STS (RFC 8461) for the sending side, with TLS-RPT (RFC 8460).
+
+The sans-I/O core (this package's top level) parses TXT records and policies, matches MX hosts and gives
+verdicts; it imports nothing that does I/O. The async shell (:class:`PolicyResolver`) and the edges
+(``mtasts.delivery``, ``mtasts.tlsrpt``, ``mtasts.testing``, the socketmap server) are imported on demand.
+"""
+
+from __future__ import annotations
+
+from .domain import is_address_literal, normalize_domain
+from .errors import (
+    DomainError,
+    MTASTSError,
+    PolicyError,
+    PolicyFetchError,
+    PolicyWebPKIError,
+    TxtRecordError,
+)
+from .matching import mx_matches
+from .policy import MAX_MAX_AGE, Mode, Policy, parse_policy
+from .results import MX_NOT_IN_STS_POLICY, ResultType
+from .tls_errors import classify_tls_error, failure_reason_code
+from .txt import TxtRecord, parse_txt_record, select_txt_record
+from .verdict import Verdict, evaluate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_MAX_AGE",
+    "MX_NOT_IN_STS_POLICY",
+    "DomainError",
+    "MTASTSError",
+    "Mode",
+    "Policy",
+    "PolicyError",
+    "PolicyFetchError",
+    "PolicyWebPKIError",
+    "ResultType",
+    "TxtRecord",
+    "TxtRecordError",
+    "Verdict",
+    "classify_tls_error",
+    "evaluate",
+    "failure_reason_code",
+    "is_address_literal",
+    "mx_matches",
+    "normalize_domain",
+    "parse_policy",
+    "parse_txt_record",
+    "select_txt_record",
+]

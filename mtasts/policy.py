@@ -1,0 +1,273 @@
+"""The MTA-STS policy file (RFC 8461 §3.2): :func:`parse_policy`, :class:`Policy`, :class:`Mode`.
+
+The grammar, and every place mtasts bends it, is in :mod:`mtasts._abnf` (decisions table in
+``docs/decisions.md``). In short: LF or CRLF terminators (erratum 6253), trailing WSP allowed, no WSP before
+``:`` or at the start of a line, keys and values case-sensitive, the first of duplicated fields wins (§3.2),
+unknown keys kept as extensions, ``mx`` required unless ``mode: none``, ``max_age`` 1–10 digits, clamped to
+31557600, A-labels only in ``mx``; blank lines and one leading BOM tolerated, one trailing dot on ``mx``
+stripped. Anything else off the grammar makes the whole policy invalid (:class:`PolicyError`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+from . import _abnf
+from .errors import DomainError, PolicyError
+from .matching import host_key, match_key
+
+__all__ = ["MAX_MAX_AGE", "Mode", "Policy", "parse_policy"]
+
+#: §3.2 "max_age": "maximum value of 31557600" (one year). Larger values are clamped (decisions table).
+MAX_MAX_AGE = 31_557_600
+
+_VERSION = "STSv1"
+_KNOWN_KEYS = frozenset({"version", "mode", "mx", "max_age"})
+_NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
+_BOM = "\ufeff"
+
+
+class Mode(enum.StrEnum):
+    """§3.2 "mode": what a sending MTA does when validation fails (§5)."""
+
+    ENFORCE = "enforce"
+    TESTING = "testing"
+    NONE = "none"
+
+
+def normalize_mx_pattern(value: str) -> str:
+    """Validate one ``mx`` value (``["*."] Domain``, RFC 5321 §4.1.2) and return it lowercased.
+
+    One trailing dot is stripped (decisions table). Raises :class:`PolicyError` for anything else off the
+    grammar: U-labels (§3.2 MUST use A-labels), ``*.*.x``, ``mail*.x``, underscores, an all-digit last label
+    (an IP address is not an MX name), labels over 63 or names over 253 characters.
+    """
+    if not isinstance(value, str):
+        raise PolicyError(f"an mx pattern must be a str, not {type(value).__name__}")
+    pattern = value[:-1] if value.endswith(".") else value
+    if not pattern.isascii():
+        raise PolicyError(f"mx {value!r} is not in A-labels (RFC 8461 §3.2: use the Punycode A-label)")
+    if _abnf.sts_policy_mx_value.fullmatch(pattern) is None:
+        raise PolicyError(f"mx {value!r} is not a host name or a '*.' wildcard pattern (RFC 8461 §3.2)")
+    name = pattern[2:] if pattern.startswith("*.") else pattern
+    labels = name.split(".")
+    if len(name) > _abnf.MAX_NAME_LENGTH or any(len(label) > _abnf.MAX_LABEL_LENGTH for label in labels):
+        raise PolicyError(f"mx {value[:80]!r} exceeds the DNS length limits")
+    if labels[-1].isdigit():
+        raise PolicyError(f"mx {value!r} looks like an IP address; an mx pattern is a host name")
+    return pattern.lower()
+
+
+def _check_extension(name: str, value: str) -> None:
+    if not isinstance(name, str) or _abnf.sts_policy_ext_name.fullmatch(name) is None:
+        raise PolicyError(f"invalid extension name {name!r} (RFC 8461 §3.2 sts-policy-ext-name)")
+    if name in _KNOWN_KEYS:
+        raise PolicyError(f"{name!r} is a policy field, not an extension")
+    if not isinstance(value, str) or _abnf.sts_policy_ext_value.fullmatch(value) is None:
+        raise PolicyError(f"invalid value for {name!r}: {value[:80]!r} (RFC 8461 §3.2 sts-policy-ext-value)")
+
+
+class Policy:
+    """An MTA-STS policy (RFC 8461 §3.2): immutable, hashable, compact.
+
+    ``Policy(mode, mx, max_age)`` validates its arguments like :func:`parse_policy` does (raising
+    :class:`PolicyError`), so a policy built by hand is one a receiver may publish: see :meth:`to_text`.
+    """
+
+    __slots__ = ("_exact", "_hash", "_ok_verdict", "_wildcards", "extensions", "max_age", "mode", "mx", "version")
+
+    version: str
+    mode: Mode
+    mx: tuple[str, ...]
+    max_age: int
+    extensions: Mapping[str, str]
+    _exact: frozenset[str]
+    _wildcards: frozenset[str]
+    _hash: int
+    _ok_verdict: object  # the Verdict for a matching MX over a validated session, made once by evaluate()
+
+    def __init__(
+        self,
+        mode: Mode | str,
+        mx: Iterable[str],
+        max_age: int,
+        extensions: Mapping[str, str] | None = None,
+        version: str = _VERSION,
+    ) -> None:
+        if version != _VERSION:
+            raise PolicyError(f"unsupported version {version!r}: only {_VERSION!r} (RFC 8461 §3.2)")
+        try:
+            mode = Mode(mode)
+        except ValueError:
+            raise PolicyError(f"invalid mode {mode!r}: enforce, testing or none (RFC 8461 §3.2)") from None
+        if isinstance(mx, str):
+            raise PolicyError("mx must be a sequence of patterns, not a single str")
+        patterns = tuple(normalize_mx_pattern(pattern) for pattern in mx)
+        if not patterns and mode is not Mode.NONE:
+            raise PolicyError(f"mode {mode} needs at least one mx pattern (RFC 8461 §3.2)")
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
+            raise PolicyError(f"max_age must be a non-negative integer, not {max_age!r}")
+        ext = dict(extensions or {})
+        for name, value in ext.items():
+            _check_extension(name, value)
+        self._init(_VERSION, mode, patterns, min(max_age, MAX_MAX_AGE), ext)
+
+    def _init(self, version: str, mode: Mode, mx: tuple[str, ...], max_age: int, ext: dict[str, str]) -> None:
+        extensions = MappingProxyType(ext) if ext else _NO_EXTENSIONS
+        setattr_ = object.__setattr__
+        setattr_(self, "version", version)
+        setattr_(self, "mode", mode)
+        setattr_(self, "mx", mx)
+        setattr_(self, "max_age", max_age)
+        setattr_(self, "extensions", extensions)
+        setattr_(self, "_exact", frozenset(p for p in mx if not p.startswith("*.")))
+        setattr_(self, "_wildcards", frozenset(p[2:] for p in mx if p.startswith("*.")))
+        setattr_(self, "_hash", hash((mode, mx, max_age, frozenset(extensions.items()))))
+        setattr_(self, "_ok_verdict", None)
+
+    @classmethod
+    def _from_valid(cls, mode: Mode, mx: tuple[str, ...], max_age: int, extensions: dict[str, str]) -> Policy:
+        """Build from values the parser has already validated (skips re-validation)."""
+        policy = cls.__new__(cls)
+        policy._init(_VERSION, mode, mx, max_age, extensions)
+        return policy
+
+    # -- immutability, equality, hashing ---------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Policy is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"Policy is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.mode is other.mode
+            and self.mx == other.mx
+            and self.max_age == other.max_age
+            and self.extensions == other.extensions
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        ext = f", extensions={dict(self.extensions)!r}" if self.extensions else ""
+        return f"Policy(mode={self.mode.value!r}, mx={self.mx!r}, max_age={self.max_age}{ext})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.mode, self.mx, self.max_age, dict(self.extensions), self.version))
+
+    # -- behaviour -------------------------------------------------------------------------------------------
+
+    def matches(self, host: str) -> bool:
+        """Does any ``mx`` pattern match the MX host ``host`` (RFC 8461 §4.1)? See :func:`mx_matches`."""
+        if not isinstance(host, str):
+            return False
+        try:
+            key = host_key(host)
+        except DomainError:
+            return False
+        return match_key(self._exact, self._wildcards, key)
+
+    def lines(self) -> list[str]:
+        """The policy's fields as lines without terminators (also TLS-RPT's ``policy-string``, RFC 8460 §4.5)."""
+        lines = [f"version: {self.version}", f"mode: {self.mode.value}"]
+        lines.extend(f"mx: {pattern}" for pattern in self.mx)
+        lines.append(f"max_age: {self.max_age}")
+        lines.extend(f"{name}: {value}" for name, value in self.extensions.items())
+        return lines
+
+    def to_text(self, newline: str = "\n") -> str:
+        """Render the policy as a file that :func:`parse_policy` reads back equal (for publishers).
+
+        ``newline`` is ``"\\n"`` or ``"\\r\\n"`` (§3.2 ``sts-policy-term``).
+        """
+        if newline not in ("\n", "\r\n"):
+            raise PolicyError("newline must be LF or CRLF (RFC 8461 §3.2 sts-policy-term)")
+        return newline.join(self.lines()) + newline
+
+
+def _decode(body: str | bytes) -> str:
+    if isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            return raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"the policy is not valid UTF-8 (byte {exc.start})") from None
+    if not isinstance(body, str):
+        raise PolicyError(f"a policy must be str or bytes, not {type(body).__name__}")
+    return body[1:] if body.startswith(_BOM) else body
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Split on ``LF`` / ``CRLF`` (§3.2 ``sts-policy-term``); a bare CR is an error."""
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if "\r" in line:
+            raise PolicyError("bare CR: lines end with LF or CRLF (RFC 8461 §3.2)", line=number)
+        yield number, line
+
+
+def parse_policy(body: str | bytes) -> Policy:
+    """Parse a policy file (RFC 8461 §3.2); raise :class:`PolicyError` (``sts-policy-invalid``) if invalid.
+
+    ``body`` is the HTTP response body, as bytes (decoded as strict UTF-8) or already as text.
+    """
+    text = _decode(body)
+    version: str | None = None
+    mode: Mode | None = None
+    max_age: int | None = None
+    mx: list[str] = []
+    extensions: dict[str, str] = {}
+    for number, line in _lines(text):
+        if not line.strip(" \t"):
+            continue  # blank and whitespace-only lines are tolerated (decisions table, C12)
+        start = _abnf.sts_policy_field_start.match(line)
+        if start is None:
+            raise PolicyError(f"not a 'key: value' field: {line[:80]!r}", line=number)
+        name = start.group(1)
+        value = line[start.end() :].rstrip(" \t")
+        if name == "mx":  # the one repeated field: every line counts, every line must be valid
+            try:
+                mx.append(normalize_mx_pattern(value))
+            except PolicyError as exc:
+                raise PolicyError(exc.message, line=number) from None
+        elif name == "version" and version is None:
+            if value != _VERSION:
+                raise PolicyError(f"unsupported version {value[:40]!r}: only {_VERSION!r}", line=number)
+            version = value
+        elif name == "mode" and mode is None:
+            if value not in ("enforce", "testing", "none"):
+                raise PolicyError(f"invalid mode {value[:40]!r}: enforce, testing or none", line=number)
+            mode = Mode(value)
+        elif name == "max_age" and max_age is None:
+            if _abnf.sts_policy_max_age_value.fullmatch(value) is None:
+                raise PolicyError(f"invalid max_age {value[:40]!r}: 1 to 10 digits", line=number)
+            max_age = min(int(value), MAX_MAX_AGE)
+        else:
+            # An extension, or a later duplicate of a known field (ignored, §3.2): either way the line must be
+            # a syntactically valid field.
+            if _abnf.sts_policy_ext_value.fullmatch(value) is None:
+                raise PolicyError(f"invalid value for {name!r}: {value[:80]!r}", line=number)
+            if name not in _KNOWN_KEYS:
+                extensions.setdefault(name, value)
+    if version is None:
+        raise PolicyError("the policy has no version field (RFC 8461 §3.2)")
+    if mode is None:
+        raise PolicyError("the policy has no mode field (RFC 8461 §3.2)")
+    if max_age is None:
+        raise PolicyError("the policy has no max_age field (RFC 8461 §3.2)")
+    if not mx and mode is not Mode.NONE:
+        raise PolicyError(f"mode {mode.value} needs at least one mx field (RFC 8461 §3.2)")
+    return Policy._from_valid(mode, tuple(mx), max_age, extensions)

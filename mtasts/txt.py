@@ -1,0 +1,100 @@
+"""The ``_mta-sts`` TXT record (RFC 8461 §3.1): parsing one record, and choosing among several.
+
+The grammar is in :mod:`mtasts._abnf`. Rules applied here:
+
+* the record is US-ASCII (§3.1 "MUST be US-ASCII"), begins with ``v=STSv1`` (§3.1 MUST) and is
+  case-sensitive (RFC 7405 ``%s``);
+* ``id`` is 1–32 ALPHA / DIGIT and compared as an exact string; unknown fields are ignored but kept as
+  :attr:`TxtRecord.extensions`; of duplicated fields the first wins (§3.2, last paragraph);
+* of several TXT records, those that do not begin with ``v=STSv1;`` are discarded, and unless exactly one
+  remains and it is valid, the domain has no available policy (§3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from . import _abnf
+from .errors import TxtRecordError
+
+__all__ = ["TxtRecord", "parse_txt_record", "select_txt_record"]
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class TxtRecord:
+    """A valid ``_mta-sts`` TXT record: its policy ``id`` and any extension fields (in record order)."""
+
+    id: str
+    #: Unknown fields, first occurrence of each; not part of equality (the id names the policy, §3.1).
+    extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+
+
+def _as_text(text: str | bytes) -> str:
+    if isinstance(text, bytes | bytearray | memoryview):
+        try:
+            return bytes(text).decode("ascii")
+        except UnicodeDecodeError:
+            raise TxtRecordError("the TXT record is not US-ASCII (RFC 8461 §3.1)") from None
+    if not isinstance(text, str):
+        raise TxtRecordError(f"a TXT record must be str or bytes, not {type(text).__name__}")
+    return text
+
+
+def parse_txt_record(text: str | bytes) -> TxtRecord:
+    """Parse one TXT record (its character-strings already joined); raise :class:`TxtRecordError` if invalid.
+
+    >>> parse_txt_record("v=STSv1; id=20160831085700Z;").id
+    '20160831085700Z'
+    """
+    record = _as_text(text)
+    if not record.isascii():
+        raise TxtRecordError("the TXT record is not US-ASCII (RFC 8461 §3.1)")
+    if not record.startswith("v=STSv1"):
+        raise TxtRecordError("the TXT record does not begin with v=STSv1 (RFC 8461 §3.1)")
+    if _abnf.sts_text_record.fullmatch(record) is None:
+        raise TxtRecordError(f"the TXT record does not match the RFC 8461 §3.1 grammar: {record[:200]!r}")
+    # The grammar holds, so ";" only ever delimits fields, and fields hold no WSP.
+    policy_id: str | None = None
+    extensions: dict[str, str] = {}
+    for raw_field in record.split(";")[1:]:
+        item = raw_field.strip(" \t")
+        if not item:
+            continue  # only the optional final delimiter can leave an empty item
+        name, _, value = item.partition("=")
+        if name == "id":
+            if policy_id is None:
+                if _abnf.sts_id_value.fullmatch(value) is None:
+                    raise TxtRecordError(f"invalid id {value[:40]!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
+                policy_id = value
+            continue
+        extensions.setdefault(name, value)
+    if policy_id is None:
+        raise TxtRecordError("the TXT record has no id field (RFC 8461 §3.1)")
+    return TxtRecord(policy_id, MappingProxyType(extensions) if extensions else _EMPTY)
+
+
+def is_sts_record(text: str | bytes) -> bool:
+    """Does this TXT record claim to be an MTA-STS record (begin with ``v=STSv1`` ``*WSP`` ``;``)?"""
+    if isinstance(text, bytes | bytearray | memoryview):
+        return _abnf.sts_record_prefix_bytes.match(bytes(text)) is not None
+    return isinstance(text, str) and _abnf.sts_record_prefix.match(text) is not None
+
+
+def select_txt_record(records: Iterable[str | bytes]) -> TxtRecord | None:
+    """Apply the §3.1 multiple-record rule; return the one valid STS record, or ``None``.
+
+    Each item is one TXT RR with its character-strings joined with no separator (§3.1 MUST). Records that do
+    not begin with ``v=STSv1;`` are discarded; if not exactly one remains, or it is invalid, return ``None``:
+    "senders MUST assume the recipient domain does not have an available MTA-STS Policy".
+    """
+    candidates = [record for record in records if is_sts_record(record)]
+    if len(candidates) != 1:
+        return None
+    try:
+        return parse_txt_record(candidates[0])
+    except TxtRecordError:
+        return None
