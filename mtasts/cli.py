@@ -12,9 +12,14 @@ from .verdict import evaluate
 __all__ = ["main"]
 
 #: RFC 8461 §3.2's example policy.
-RFC_EXAMPLE_POLICY = (
-    "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmx: backupmx.example.com\nmax_age: 604800\n"
-)
+RFC_EXAMPLE_POLICY = """\
+version: STSv1
+mode: enforce
+mx: mail.example.com
+mx: *.example.net
+mx: backupmx.example.com
+max_age: 604800
+"""
 
 
 def _demo(_: argparse.Namespace) -> int:

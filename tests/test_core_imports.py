@@ -1,0 +1,50 @@
+"""The sans-I/O core imports nothing from asyncio, aiohttp or socket (issue 2 acceptance; h11's discipline)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mtasts"
+CORE_MODULES = [
+    "_abnf",
+    "domain",
+    "errors",
+    "matching",
+    "policy",
+    "results",
+    "tls_errors",
+    "txt",
+    "verdict",
+]
+FORBIDDEN = {"asyncio", "aiohttp", "socket", "ssl", "dns", "aiosmtplib", "select", "selectors", "time"}
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_source_imports_no_io(module: str) -> None:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN, f"mtasts.{module} imports {imported & FORBIDDEN}"
+
+
+def test_importing_the_core_loads_no_io_module() -> None:
+    """At run time too: `import mtasts` and using the core pulls in no network or event-loop module."""
+    code = (
+        "import sys\n"
+        "import mtasts\n"
+        "p = mtasts.parse_policy('version: STSv1\\nmode: enforce\\nmx: a.example\\nmax_age: 1\\n')\n"
+        "mtasts.evaluate(p, 'a.example'); mtasts.select_txt_record(['v=STSv1; id=1'])\n"
+        "mtasts.classify_tls_error(ValueError()); mtasts.normalize_domain('bücher.example')\n"
+        "print(' '.join(sorted(m for m in ('asyncio', 'aiohttp', 'socket', 'ssl', 'dns') if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == ""
