@@ -7,6 +7,9 @@ verdicts; it imports nothing that does I/O. The async shell (:class:`PolicyResol
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .domain import is_address_literal, normalize_domain
 from .errors import (
     DomainError,
@@ -23,17 +26,51 @@ from .tls_errors import classify_tls_error, failure_reason_code
 from .txt import TxtRecord, parse_txt_record, select_txt_record
 from .verdict import Verdict, evaluate
 
+if TYPE_CHECKING:
+    from .resolver import NOT_CACHED, FetchFailure, LookupStatus, NotCached, PolicyLookup, PolicyResolver
+
 __version__ = "0.1.0"
+
+# The async shell is imported on first use, so that `import mtasts` (the sans-I/O core) loads no aiohttp,
+# asyncio or socket module.
+_LAZY = {
+    "NOT_CACHED": "resolver",
+    "FetchFailure": "resolver",
+    "LookupStatus": "resolver",
+    "NotCached": "resolver",
+    "PolicyLookup": "resolver",
+    "PolicyResolver": "resolver",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtasts' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "MAX_MAX_AGE",
     "MX_NOT_IN_STS_POLICY",
+    "NOT_CACHED",
     "DomainError",
+    "FetchFailure",
+    "LookupStatus",
     "MTASTSError",
     "Mode",
+    "NotCached",
     "Policy",
     "PolicyError",
     "PolicyFetchError",
+    "PolicyLookup",
+    "PolicyResolver",
     "PolicyWebPKIError",
     "ResultType",
     "TxtRecord",

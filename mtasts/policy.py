@@ -77,7 +77,18 @@ class Policy:
     :class:`PolicyError`), so a policy built by hand is one a receiver may publish: see :meth:`to_text`.
     """
 
-    __slots__ = ("_exact", "_hash", "_ok_verdict", "_wildcards", "extensions", "max_age", "mode", "mx", "version")
+    __slots__ = (
+        "__weakref__",
+        "_exact",
+        "_hash",
+        "_ok_verdict",
+        "_wildcards",
+        "extensions",
+        "max_age",
+        "mode",
+        "mx",
+        "version",
+    )
 
     version: str
     mode: Mode

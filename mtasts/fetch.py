@@ -1,0 +1,222 @@
+"""The strict HTTPS policy fetch (RFC 8461 §3.2, §3.3, §7.1, §8.2) over aiohttp.
+
+``GET https://mta-sts.<domain>[:port]/.well-known/mta-sts.txt`` with:
+
+* the host resolved through the caller's dnspython resolver (one world for DNS and HTTPS);
+* SNI and the certificate checked for ``mta-sts.<domain>`` (DNS-ID only, §3.3, §7.1);
+* status 200 only, redirects never followed (§3.3 MUST NOT), no HTTP caching (§3.3, §8.2 MUST NOT: no
+  validators are sent, no cache is kept, ``trust_env=False`` keeps environment proxies out);
+* ``Content-Type: text/plain`` (parameters ignored, §3.2 SHOULD; a missing type fails — decisions table);
+* a total deadline (connect to last byte, §3.3 MAY; default 60 s) and a body cap (default 64 KiB,
+  inclusive), counted on *decoded* bytes: a ``Content-Encoding: gzip`` bomb stops at the cap (C14);
+* every foreign exception mapped here, once, to :class:`PolicyFetchError` / :class:`PolicyWebPKIError`
+  / :class:`PolicyError` with its RFC 8460 result type (decisions table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import aiohttp.abc
+import dns.asyncresolver
+
+from . import dns as mtasts_dns
+from .errors import MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
+from .policy import Policy, parse_policy
+
+__all__ = ["PolicyFetcher", "policy_url"]
+
+WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
+_CHUNK = 16_384
+
+
+def policy_url(domain: str, port: int = 443) -> str:
+    """The policy URL for an A-label ``domain`` (§3.2): ``https://mta-sts.<domain>/.well-known/mta-sts.txt``."""
+    authority = f"mta-sts.{domain}" if port == 443 else f"mta-sts.{domain}:{port}"
+    return f"https://{authority}{WELL_KNOWN_PATH}"
+
+
+class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's name resolution through the caller's dnspython resolver (so one resolver defines the world)."""
+
+    def __init__(self, resolver: dns.asyncresolver.Resolver) -> None:
+        self._resolver = resolver
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        addresses = await mtasts_dns.resolve_addresses(self._resolver, host)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    link: BaseException | None = exc
+    for _ in range(8):
+        if link is None:
+            return False
+        if isinstance(link, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _map_exceptions(url: str, timeout: float) -> Iterator[None]:
+    """The one place where aiohttp / ssl / socket / dnspython exceptions become mtasts errors."""
+    try:
+        yield
+    except MTASTSError:
+        raise
+    except TimeoutError:
+        raise PolicyFetchError(f"{url}: no complete response within {timeout:g} s") from None
+    except (aiohttp.ClientError, OSError, ValueError, EOFError, zlib.error) as exc:
+        detail = f"{url}: {type(exc).__name__}: {exc}"
+        if _is_certificate_error(exc):
+            raise PolicyWebPKIError(detail) from None
+        raise PolicyFetchError(detail) from None
+
+
+class _Decoder:
+    """Content-Encoding decoding with a bound on the output (a decompression bomb stops at the cap)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._zlib: Any = None
+        if encoding in ("", "identity"):
+            return
+        if encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, auto-detected
+        else:
+            raise PolicyFetchError(f"unsupported Content-Encoding {encoding!r}")
+
+    def decode(self, chunk: bytes, limit: int) -> bytes:
+        """Decode ``chunk``, producing at most ``limit`` bytes (more input may remain unconsumed)."""
+        if self._zlib is None:
+            return chunk[:limit]
+        return bytes(self._zlib.decompress(chunk, limit))
+
+
+class PolicyFetcher:
+    """Fetches and parses policies over HTTPS; one aiohttp session, bounded concurrency.
+
+    Create inside a running event loop (the session is made on first use) and close with :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dns_resolver: dns.asyncresolver.Resolver,
+        ssl_context: ssl.SSLContext,
+        port: int = 443,
+        timeout: float = 60.0,
+        max_size: int = 65_536,
+        max_concurrent: int = 512,
+        user_agent: str = "mtasts",
+    ) -> None:
+        self._dns_resolver = dns_resolver
+        self._ssl_context = ssl_context
+        self._port = port
+        self._timeout = timeout
+        self._max_size = max_size
+        self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._headers = {
+            "User-Agent": user_agent,
+            "Accept": "text/plain",
+            "Accept-Encoding": "identity",
+            "Cache-Control": "no-cache",
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                resolver=_DnsPythonResolver(self._dns_resolver),
+                ssl=self._ssl_context,
+                use_dns_cache=False,
+                force_close=True,  # every policy host is a different host: keep no idle connections
+                limit=0,  # the semaphore bounds concurrency
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,  # no proxy (and so no caching proxy) from the environment (§8.2)
+                auto_decompress=False,  # decoded here, under the size cap
+                cookie_jar=aiohttp.DummyCookieJar(),
+                max_field_size=8190,
+                max_line_size=8190,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (idempotent)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, domain: str) -> Policy:
+        """Fetch and parse the policy of the A-label ``domain``.
+
+        Raises :class:`PolicyFetchError` (``sts-policy-fetch-error``), :class:`PolicyWebPKIError`
+        (``sts-webpki-invalid``) or :class:`PolicyError` (``sts-policy-invalid``).
+        """
+        return parse_policy(await self.fetch_body(domain))
+
+    async def fetch_body(self, domain: str) -> bytes:
+        """Fetch the raw policy body (decoded, at most ``max_size`` bytes) after every HTTP-level check."""
+        url = policy_url(domain, self._port)
+        async with self._semaphore:
+            with _map_exceptions(url, self._timeout):
+                async with asyncio.timeout(self._timeout):
+                    return await self._get(url)
+
+    async def _get(self, url: str) -> bytes:
+        session = self._get_session()
+        async with session.get(url, allow_redirects=False, headers=self._headers) as response:
+            if response.status != 200:
+                where = response.headers.get("Location")
+                detail = f" to {where[:200]!r} (redirects are not followed)" if where else ""
+                raise PolicyFetchError(f"{url}: HTTP {response.status}{detail} (RFC 8461 §3.3: 200 only)")
+            _check_content_type(url, response.headers.get("Content-Type"))
+            decoder = _Decoder(response.headers.get("Content-Encoding", "").strip().lower())
+            return await self._read_capped(url, response, decoder)
+
+    async def _read_capped(self, url: str, response: aiohttp.ClientResponse, decoder: _Decoder) -> bytes:
+        """Read at most ``max_size`` decoded bytes; one byte more is an error (never truncate-then-parse)."""
+        limit = self._max_size + 1
+        body = bytearray()
+        while True:
+            chunk = await response.content.read(_CHUNK)
+            if not chunk:
+                break
+            body += decoder.decode(chunk, limit - len(body))
+            if len(body) >= limit:
+                raise PolicyError(f"{url}: the policy is larger than {self._max_size} bytes")
+        return bytes(body)
+
+
+def _check_content_type(url: str, content_type: str | None) -> None:
+    """§3.2: "senders SHOULD validate that the media type is "text/plain"" — parameters are ignored."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "text/plain":
+        shown = "no Content-Type" if content_type is None else f"Content-Type {content_type[:80]!r}"
+        raise PolicyError(f"{url}: {shown}, expected text/plain (RFC 8461 §3.2)")

@@ -1,0 +1,515 @@
+"""The async policy resolver: the RFC 8461 sender algorithm against real DNS and HTTPS.
+
+For a Policy Domain, :meth:`PolicyResolver.lookup` does what §3, §3.3, §5.1 and §10 ask of a sender:
+
+1. A fresh cached policy (younger than its ``max_age``, TXT checked within ``txt_check_interval``) is
+   answered from memory.
+2. Otherwise the ``_mta-sts`` TXT record is queried (§3.1). The same ``id`` as the cached policy → the cached
+   policy stands and nothing is fetched (§3). A new ``id``, or no cached policy → the policy is fetched
+   (§3.3) and, if valid, replaces the cached one (§10.3) — even a ``mode: none`` one (§8.3).
+3. A failed fetch or an invalid policy never replaces or alters the cached policy, and its new ``id`` is not
+   stored (C7); the cached one applies until its ``max_age`` runs out (§3.3 MUST). The failed (domain, id)
+   is not fetched again for ``failure_backoff`` seconds (§3.3 SHOULD, 5 minutes).
+4. No TXT record, an invalid one, SERVFAIL or a timeout never evict a live cached policy (§3.1 note, §10.2).
+   Without one, the domain has no policy — but :class:`PolicyLookup` says whether none is published or DNS
+   failed, so a cautious MTA can defer.
+5. An expired policy is never used (§3.3 "valid (non-expired)"); ``max_age: 0`` applies once, uncached.
+
+Also: address literals have no policy and cause no I/O (§3.4); there is no parent-zone fallback (§3.4);
+concurrent lookups of one domain share one DNS query and one fetch (single-flight); "no policy" answers are
+remembered for ``negative_ttl``; :meth:`refresh_due` / :meth:`start_background_refresh` re-fetch cached
+policies before they expire (§3.3 SHOULD, §10.2), logging failures unless the cached mode is none.
+
+The ``clock`` is the only time source for every cache decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import cachetools
+import dns.asyncresolver
+import dns.exception
+
+from . import dns as mtasts_dns
+from .cache import CacheEntry, PolicyCache
+from .domain import is_address_literal, normalize_domain
+from .errors import MTASTSError
+from .fetch import PolicyFetcher
+from .policy import Mode, Policy
+from .tls import create_client_context, ensure_strict
+from .txt import select_txt_record
+
+__all__ = [
+    "NOT_CACHED",
+    "FetchFailure",
+    "LookupStatus",
+    "NotCached",
+    "PolicyLookup",
+    "PolicyResolver",
+]
+
+log = logging.getLogger("mtasts.resolver")
+
+
+class LookupStatus(enum.StrEnum):
+    """How a lookup ended (``PolicyLookup.status``)."""
+
+    FETCHED = "fetched"  # the policy was fetched just now
+    CACHED = "cached"  # the cached policy applies (result_type says what failed, if a re-check failed)
+    NO_POLICY = "no-policy"  # no valid _mta-sts TXT record: the domain publishes no policy (§3.1)
+    DNS_ERROR = "dns-error"  # the TXT query failed (SERVFAIL, timeout) and nothing is cached: unknown
+    FETCH_ERROR = "fetch-error"  # valid TXT record, but no valid policy could be fetched; nothing cached
+    NOT_APPLICABLE = "not-applicable"  # an address literal: MTA-STS does not apply (§3.4)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLookup:
+    """The result of :meth:`PolicyResolver.lookup`: the policy to apply now, and how it was found."""
+
+    domain: str
+    status: LookupStatus
+    policy: Policy | None = None
+    policy_id: str | None = None
+    fetched_at: float | None = None
+    from_cache: bool = False
+    #: RFC 8460 result type of a failure seen during this lookup (even when a cached policy still applies).
+    result_type: str | None = None
+    error: str | None = None
+
+    @property
+    def expires_at(self) -> float | None:
+        if self.policy is None or self.fetched_at is None:
+            return None
+        return self.fetched_at + self.policy.max_age
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFailure:
+    """A failed policy fetch (a reportable event, RFC 8461 §6) handed to the failure callbacks."""
+
+    domain: str
+    policy_id: str | None
+    result_type: str | None
+    error: str
+    cached_policy: Policy | None
+    refresh: bool  # True when it happened during a proactive refresh
+
+
+class NotCached(enum.Enum):
+    """The type of :data:`NOT_CACHED`."""
+
+    TOKEN = "NOT_CACHED"
+
+
+#: What :meth:`PolicyResolver.cached_policy` returns when memory alone cannot answer.
+NOT_CACHED: Final = NotCached.TOKEN
+
+
+@dataclass(slots=True)
+class _Checked:
+    """Outcome of one TXT query (the cache decision table's input)."""
+
+    answer: mtasts_dns.TxtAnswer
+    policy_id: str | None  # the id of the one valid STS record, if any
+
+
+class PolicyResolver:
+    """Finds the MTA-STS policy to apply to mail for a domain (RFC 8461 §3, §5.1). See the module docs.
+
+    Use as ``async with PolicyResolver(...) as resolver:`` (or call :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        *,
+        dns_resolver: dns.asyncresolver.Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        policy_port: int = 443,
+        clock: Callable[[], float] = time.time,
+        fetch_timeout: float = 60.0,
+        max_policy_size: int = 65_536,
+        failure_backoff: float = 300.0,
+        negative_ttl: float = 300.0,
+        cache_size: int = 100_000,
+        max_concurrent_fetches: int = 512,
+        txt_check_interval: float = 300.0,
+        dns_error_ttl: float = 30.0,
+        refresh_interval: float = 86_400.0,
+        negative_cache_size: int = 100_000,
+        on_fetch_failure: Callable[[FetchFailure], object] | None = None,
+        on_refresh_failure: Callable[[FetchFailure], object] | None = None,
+    ) -> None:
+        for name, value in [
+            ("fetch_timeout", fetch_timeout),
+            ("failure_backoff", failure_backoff),
+            ("negative_ttl", negative_ttl),
+            ("txt_check_interval", txt_check_interval),
+            ("dns_error_ttl", dns_error_ttl),
+            ("refresh_interval", refresh_interval),
+        ]:
+            if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
+                raise MTASTSError(f"{name} must be a finite number >= 0, not {value!r}")
+        for name, count in [
+            ("max_policy_size", max_policy_size),
+            ("cache_size", cache_size),
+            ("max_concurrent_fetches", max_concurrent_fetches),
+            ("negative_cache_size", negative_cache_size),
+            ("policy_port", policy_port),
+        ]:
+            if not isinstance(count, int) or count < 1:
+                raise MTASTSError(f"{name} must be a positive integer, not {count!r}")
+        if dns_resolver is None:
+            try:
+                dns_resolver = dns.asyncresolver.Resolver()
+            except dns.exception.DNSException as exc:
+                raise MTASTSError(f"cannot read the system DNS configuration: {exc}") from None
+        self.dns_resolver = dns_resolver
+        self.clock = clock
+        self._fetcher = PolicyFetcher(
+            dns_resolver=dns_resolver,
+            ssl_context=ensure_strict(ssl_context) if ssl_context is not None else create_client_context(),
+            port=policy_port,
+            timeout=fetch_timeout,
+            max_size=max_policy_size,
+            max_concurrent=max_concurrent_fetches,
+        )
+        self._cache = PolicyCache(cache_size)
+        # domain -> PolicyLookup for NO_POLICY / DNS_ERROR answers (TTL chosen per item below)
+        self._negative: cachetools.TLRUCache[str, PolicyLookup] = cachetools.TLRUCache(
+            maxsize=negative_cache_size, ttu=self._negative_ttu, timer=clock
+        )
+        # (domain, id) -> (result_type, error) for failed fetches (§3.3 backoff per version id)
+        self._failures: cachetools.TTLCache[tuple[str, str], tuple[str | None, str]] = cachetools.TTLCache(
+            maxsize=negative_cache_size, ttl=failure_backoff, timer=clock
+        )
+        self._negative_ttl = negative_ttl
+        self._dns_error_ttl = dns_error_ttl
+        self._txt_check_interval = txt_check_interval
+        self._refresh_interval = refresh_interval
+        self._on_fetch_failure = on_fetch_failure
+        self._on_refresh_failure = on_refresh_failure
+        self._inflight: dict[tuple[str, str], asyncio.Future[PolicyLookup]] = {}
+        self._background: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> PolicyResolver:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the background refresher, cancel lookups in flight, close the HTTP session (idempotent)."""
+        self._closed = True
+        tasks: list[asyncio.Future[Any]] = list(self._inflight.values())
+        if self._background is not None:
+            tasks.append(self._background)
+            self._background = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+        await self._fetcher.aclose()
+
+    # -- the public lookups ----------------------------------------------------------------------------------------
+
+    def cached_policy(self, domain: str) -> Policy | NotCached | None:
+        """Answer from memory without awaiting, when memory can: the policy, None (no policy), or NOT_CACHED.
+
+        The synchronous fast path for hot loops::
+
+            policy = resolver.cached_policy(domain)
+            if policy is NOT_CACHED:
+                policy = await resolver.get_policy(domain)
+        """
+        try:
+            entry = self._cache.get(domain)
+        except TypeError:  # unhashable: not a domain; _key raises the typed error
+            entry = None
+        if entry is None:
+            key = self._key(domain)
+            if key is None:
+                return None
+            entry = self._cache.get(key)
+            if entry is None:
+                negative = self._negative.get(key)
+                return None if negative is not None else NOT_CACHED
+        now = self.clock()
+        if now - entry.checked_at < self._txt_check_interval and now - entry.fetched_at < entry.policy.max_age:
+            return entry.policy
+        return NOT_CACHED
+
+    async def get_policy(self, domain: str) -> Policy | None:
+        """The policy to apply now to mail for ``domain`` (fetched or cached), or None when it has none usable.
+
+        Never raises for DNS, HTTP or policy failures of the domain (they end in None or the cached policy);
+        raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name.
+        """
+        policy = self.cached_policy(domain)
+        if policy is not NOT_CACHED:
+            return policy
+        return (await self.lookup(domain)).policy
+
+    async def lookup(self, domain: str) -> PolicyLookup:
+        """Like :meth:`get_policy`, with details: status, id, fetch time, failure seen (:class:`PolicyLookup`)."""
+        key = self._key(domain)
+        if key is None:
+            return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
+        remembered = self._from_memory(key)
+        if remembered is not None:
+            return remembered
+        return await self._single_flight(key, "lookup", lambda: self._resolve(key))
+
+    async def recheck(self, domain: str) -> PolicyLookup:
+        """Query the TXT record now, and fetch if its id changed (§5.1 step 3: before failing a delivery).
+
+        Use it when every MX failed under enforce: if the domain published a new policy, the result carries it.
+        """
+        key = self._key(domain)
+        if key is None:
+            return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
+        self._negative.pop(key, None)
+        return await self._single_flight(key, "recheck", lambda: self._resolve(key))
+
+    async def refresh(self, domain: str) -> PolicyLookup:
+        """Re-fetch the policy now even if its id is unchanged (§10.2); a success renews ``fetched_at``."""
+        key = self._key(domain)
+        if key is None:
+            return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
+        self._negative.pop(key, None)
+        return await self._single_flight(key, "refresh", lambda: self._resolve(key, refresh=True))
+
+    async def refresh_due(self, *, limit: int | None = None) -> list[PolicyLookup]:
+        """Refresh every cached policy that is due (§3.3 SHOULD refresh before expiry), concurrently.
+
+        An entry is due once ``refresh_interval`` (default a day, the RFC's suggestion) has passed since its
+        fetch, or three quarters of its ``max_age``, whichever comes first. Failures are logged (WARNING unless
+        the cached mode is none, §3.3) and passed to ``on_refresh_failure``; the cached policy stays.
+        """
+        now = self.clock()
+        due = [domain for domain, entry in self._cache.items() if now >= self._refresh_due_at(entry)]
+        if limit is not None:
+            due = due[:limit]
+        if not due:
+            return []
+        return list(await asyncio.gather(*(self.refresh(domain) for domain in due)))
+
+    def start_background_refresh(self, period: float = 3600.0) -> None:
+        """Run :meth:`refresh_due` every ``period`` seconds in a task, until :meth:`aclose`."""
+        if self._background is not None and not self._background.done():
+            return
+        self._background = asyncio.get_running_loop().create_task(self._refresh_loop(period))
+
+    async def _refresh_loop(self, period: float) -> None:
+        while not self._closed:
+            try:
+                await self.refresh_due()
+            except Exception:  # a bug must not stop the refresher; it is logged and retried next period
+                log.exception("proactive refresh failed")
+            await asyncio.sleep(period)
+
+    def _refresh_due_at(self, entry: CacheEntry) -> float:
+        return entry.fetched_at + min(self._refresh_interval, entry.policy.max_age * 0.75)
+
+    # -- introspection -------------------------------------------------------------------------------------------
+
+    def cache_entry(self, domain: str) -> CacheEntry | None:
+        """The cached entry for ``domain`` (expired or not), for inspection."""
+        key = self._key(domain)
+        return None if key is None else self._cache.get(key)
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(domain: str) -> str | None:
+        """The cache key (A-labels, lowercase, no dot), None for address literals; DomainError if invalid."""
+        if is_address_literal(domain):
+            return None
+        return normalize_domain(domain)
+
+    def _from_memory(self, key: str) -> PolicyLookup | None:
+        """A lookup memory can answer: a fresh cached policy, or a remembered negative answer."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            now = self.clock()
+            if now - entry.checked_at < self._txt_check_interval and not entry.is_expired(now):
+                return self._cached_lookup(key, entry)
+            return None
+        return self._negative.get(key)
+
+    @staticmethod
+    def _cached_lookup(
+        key: str, entry: CacheEntry, result_type: str | None = None, error: str | None = None
+    ) -> PolicyLookup:
+        return PolicyLookup(
+            key,
+            LookupStatus.CACHED,
+            entry.policy,
+            entry.policy_id,
+            entry.fetched_at,
+            from_cache=True,
+            result_type=result_type,
+            error=error,
+        )
+
+    async def _single_flight(
+        self, key: str, kind: str, work: Callable[[], Coroutine[Any, Any, PolicyLookup]]
+    ) -> PolicyLookup:
+        """Run ``work`` once for concurrent callers with the same (key, kind); a caller's cancellation
+        does not cancel the shared work."""
+        if self._closed:
+            raise MTASTSError("the resolver is closed")
+        flight = (key, kind)
+        future = self._inflight.get(flight)
+        if future is None:
+            future = asyncio.ensure_future(work())
+            self._inflight[flight] = future
+
+            def _done(done: asyncio.Future[PolicyLookup], flight: tuple[str, str] = flight) -> None:
+                if self._inflight.get(flight) is done:
+                    del self._inflight[flight]
+                if not done.cancelled():
+                    done.exception()  # retrieved: never "exception was never retrieved"
+
+            future.add_done_callback(_done)
+        return await asyncio.shield(future)
+
+    def _negative_ttu(self, key: str, value: PolicyLookup, now: float) -> float:
+        ttl = self._dns_error_ttl if value.status is LookupStatus.DNS_ERROR else self._negative_ttl
+        return now + ttl
+
+    async def _check_txt(self, key: str) -> _Checked:
+        answer = await mtasts_dns.query_txt(self.dns_resolver, f"_mta-sts.{key}.")
+        record = select_txt_record(answer.records) if answer.status is mtasts_dns.TxtStatus.FOUND else None
+        return _Checked(answer, record.id if record is not None else None)
+
+    async def _resolve(self, key: str, *, refresh: bool = False) -> PolicyLookup:
+        """The cache decision table (module docs). Never raises for failures of the domain."""
+        now = self.clock()
+        entry = self._cache.get(key)
+        if entry is not None and entry.is_expired(now):
+            self._cache.pop(key)  # §3.3: an expired policy is never used, not even as a fallback
+            entry = None
+
+        checked = await self._check_txt(key)
+        answer = checked.answer
+        if checked.policy_id is None:
+            # No usable TXT record: NXDOMAIN, NODATA, no or several STS records, invalid, SERVFAIL, timeout.
+            if entry is not None:
+                entry.checked_at = self.clock()
+                if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
+                    return self._cached_lookup(key, entry)
+                return await self._fetch(key, entry.policy_id, entry, refresh=True)
+            if answer.status is mtasts_dns.TxtStatus.ERROR:
+                lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error)
+            else:
+                lookup = PolicyLookup(key, LookupStatus.NO_POLICY, error=_why_no_record(answer))
+            self._negative[key] = lookup
+            return lookup
+
+        policy_id = checked.policy_id
+        if entry is not None and entry.policy_id == policy_id and not refresh:
+            entry.checked_at = self.clock()  # §3: same id, nothing to fetch
+            return self._cached_lookup(key, entry)
+        return await self._fetch(key, policy_id, entry, refresh=refresh)
+
+    async def _fetch(self, key: str, policy_id: str, entry: CacheEntry | None, *, refresh: bool) -> PolicyLookup:
+        """Fetch the policy for (key, policy_id); on failure keep ``entry`` untouched (C7)."""
+        remembered = self._failures.get((key, policy_id))
+        if remembered is not None:  # §3.3: no new attempt for this version id during the backoff
+            result_type, error = remembered
+            return self._failed(key, policy_id, entry, result_type, error, notify=False, refresh=refresh)
+        try:
+            policy = await self._fetcher.fetch(key)
+        except MTASTSError as exc:
+            self._failures[(key, policy_id)] = (exc.result_type, exc.message)
+            return self._failed(key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh)
+        fetched_at = self.clock()
+        self._negative.pop(key, None)
+        if policy.max_age > 0:
+            new_entry = CacheEntry(policy, policy_id, fetched_at, fetched_at)
+            self._cache.put(key, new_entry)
+            policy = new_entry.policy
+        else:
+            self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached
+        return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, fetched_at)
+
+    def _failed(
+        self,
+        key: str,
+        policy_id: str,
+        entry: CacheEntry | None,
+        result_type: str | None,
+        error: str,
+        *,
+        notify: bool,
+        refresh: bool,
+    ) -> PolicyLookup:
+        if entry is not None:
+            entry.checked_at = self.clock()
+        if notify:
+            self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
+        if entry is not None:  # §3.3 MUST: the valid cached policy applies
+            return self._cached_lookup(key, entry, result_type, error)
+        return PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
+
+    def _notify(
+        self, key: str, policy_id: str, entry: CacheEntry | None, result_type: str | None, error: str, *, refresh: bool
+    ) -> None:
+        cached = entry.policy if entry is not None else None
+        failure = FetchFailure(key, policy_id, result_type, error, cached, refresh)
+        alert = cached is not None and cached.mode is not Mode.NONE
+        # §3.3: "MTAs SHOULD alert administrators ... when such attempts fail, unless the cached policy mode is
+        # none" — a WARNING; with nothing cached it is a reportable event (§6) but no alert.
+        log.log(
+            logging.WARNING if alert else logging.INFO,
+            "MTA-STS policy fetch for %s (id %s) failed: %s [%s]%s",
+            key,
+            policy_id,
+            error,
+            result_type,
+            f"; the cached {cached.mode.value} policy still applies" if cached is not None else "",
+        )
+        for callback in (self._on_fetch_failure, self._on_refresh_failure if refresh and alert else None):
+            if callback is not None:
+                _call_safely(callback, failure)
+
+
+def _why_no_record(answer: mtasts_dns.TxtAnswer) -> str:
+    if answer.status is mtasts_dns.TxtStatus.NXDOMAIN:
+        return "no _mta-sts record (NXDOMAIN)"
+    if answer.status is mtasts_dns.TxtStatus.NODATA:
+        return "no _mta-sts TXT record (NODATA)"
+    sts = [r for r in answer.records if r.startswith(b"v=STSv1")]
+    if not sts:
+        return "no TXT record begins with v=STSv1;"
+    if len(sts) > 1:
+        return f"{len(sts)} STS TXT records: RFC 8461 §3.1 requires exactly one"
+    return f"invalid STS TXT record: {sts[0][:100]!r}"
+
+
+def _call_safely(callback: Callable[[FetchFailure], object], failure: FetchFailure) -> None:
+    """Run a user callback; its exceptions are logged, never raised into the lookup."""
+    try:
+        callback(failure)
+    except Exception:
+        log.exception("failure callback %r raised", callback)
