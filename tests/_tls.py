@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
 import tempfile
 from pathlib import Path
 
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from mtasts.testing._certs import cn_only_cert
+
+__all__ = ["client_context", "cn_only_cert", "handshake", "leaf_context", "server_context"]
 
 
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
@@ -61,26 +60,3 @@ def handshake(client: ssl.SSLContext, server: ssl.SSLContext, server_hostname: s
             pass
         c_in.write(s_out.read())
     raise AssertionError("handshake did not finish in 50 rounds")
-
-
-def cn_only_cert(ca: trustme.CA, common_name: str) -> tuple[bytes, bytes]:
-    """A certificate signed by ``ca`` with CN=common_name and no subjectAltName (RFC 8461 §3.3/§4.2: invalid)."""
-    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
