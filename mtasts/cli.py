@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,11 @@ max_age: 604800
 """
 
 
-def _demo(_: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    if not args.static:
+        from .demo import run_demo  # noqa: PLC0415 - the live demo loads the async shell
+
+        return asyncio.run(run_demo())
     policy = parse_policy(RFC_EXAMPLE_POLICY)
     print("RFC 8461 §3.2 example policy:")
     for line in policy.lines():
@@ -51,7 +56,8 @@ def _demo(_: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtasts", description="MTA-STS (RFC 8461) for sending mail servers")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="verdicts for the RFC's example policy")
+    demo = commands.add_parser("demo", help="a loopback world of MTA-STS domains and what mtasts makes of them")
+    demo.add_argument("--static", action="store_true", help="only the RFC's example policy, no servers")
     demo.set_defaults(handler=_demo)
     args = parser.parse_args(argv)
     handler = args.handler

@@ -9,3 +9,16 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("MTASTS_HYPOTHESIS_PROFILE", "default"))
+
+
+class FakeClock:
+    """An injected clock: tests advance time by hand, never by sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
