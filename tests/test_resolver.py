@@ -205,6 +205,8 @@ async def test_gzip_body_is_decoded_and_the_cap_counts_decoded_bytes(world: Worl
         ({"policy_host_addresses": []}, "sts-policy-fetch-error"),
         ({"policy_host_failure": "servfail"}, "sts-policy-fetch-error"),
         ({"close_mid_body": True}, "sts-policy-fetch-error"),
+        ({"delay": 10.0}, "sts-policy-fetch-error"),  # headers never come within the deadline
+        ({"body_chunk_delay": 0.1}, "sts-policy-fetch-error"),  # a dribbled body past the deadline
     ],
     ids=lambda v: str(v)[:60] if isinstance(v, dict) else v,
 )
@@ -212,7 +214,7 @@ async def test_hostile_policy_hosts(world: World, clock: FakeClock, config: dict
     """Each misbehaviour ends in its documented result type; a cached policy is never weakened (hostile table)."""
     world.publish("good.example", ENFORCE2)
     domain = world.publish("example.com", ENFORCE, id="1")
-    async with make(world, clock) as resolver:
+    async with make(world, clock, fetch_timeout=1.5) as resolver:
         assert (await resolver.lookup("example.com")).status is LookupStatus.FETCHED
         # the domain now "publishes" a new id whose fetch misbehaves
         domain.id = "2"
@@ -227,7 +229,7 @@ async def test_hostile_policy_hosts(world: World, clock: FakeClock, config: dict
         # without a cached policy the same failure means "no policy", with the result type said
     assert world.requests("mta-sts.good.example") == 0  # a redirect target is never requested
     world.reset_counters()
-    async with make(world, clock) as fresh:
+    async with make(world, clock, fetch_timeout=1.5) as fresh:
         lookup = await fresh.lookup("example.com")
         assert (lookup.status, lookup.result_type, lookup.policy) == (LookupStatus.FETCH_ERROR, result_type, None)
     assert world.requests("mta-sts.good.example") == 0  # a redirect target is never requested
@@ -504,3 +506,30 @@ async def test_bad_configuration_is_a_typed_error() -> None:
     for kwargs in [{"fetch_timeout": -1}, {"cache_size": 0}, {"max_policy_size": 0}, {"negative_ttl": float("nan")}]:
         with pytest.raises(MTASTSError):
             PolicyResolver(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_the_cache_is_bounded_and_shares_identical_policies(world: World, clock: FakeClock) -> None:
+    for i in range(5):
+        world.publish(f"d{i}.example", ENFORCE)
+    async with make(world, clock, cache_size=3) as resolver:
+        policies = [await resolver.get_policy(f"d{i}.example") for i in range(5)]
+        assert resolver.cache_size == 3
+        assert resolver.cache_entry("d0.example") is None  # least recently used, dropped
+        assert resolver.cache_entry("d4.example") is not None
+        entries = [resolver.cache_entry(f"d{i}.example") for i in range(2, 5)]
+        assert len({id(e.policy) for e in entries if e is not None}) == 1  # one stored policy for all
+    assert all(p == parse_policy(ENFORCE) for p in policies)
+
+
+async def test_close_cancels_lookups_in_flight(world: World, clock: FakeClock) -> None:
+    world.publish("slow.example", ENFORCE, delay=10)
+    resolver = make(world, clock)
+    waiting = asyncio.create_task(resolver.get_policy("slow.example"))
+    await asyncio.sleep(0.1)
+    await resolver.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    from mtasts import MTASTSError
+
+    with pytest.raises(MTASTSError):
+        await resolver.lookup("slow.example")
