@@ -45,14 +45,16 @@ class PolicyCache:
 
     def __init__(self, maxsize: int) -> None:
         self._entries: cachetools.LRUCache[str, CacheEntry] = cachetools.LRUCache(maxsize=max(1, maxsize))
-        self._policies: weakref.WeakValueDictionary[Policy, Policy] = weakref.WeakValueDictionary()
+        # Keyed by the policy's value (not the policy itself, which the mapping would then keep alive forever).
+        self._policies: weakref.WeakValueDictionary[tuple[object, ...], Policy] = weakref.WeakValueDictionary()
 
     def get(self, domain: str) -> CacheEntry | None:
         return self._entries.get(domain)
 
     def intern(self, policy: Policy) -> Policy:
         """The one stored instance equal to ``policy``."""
-        return self._policies.setdefault(policy, policy)
+        key = (policy.mode, policy.mx, policy.max_age, tuple(policy.extensions.items()))
+        return self._policies.setdefault(key, policy)
 
     def put(self, domain: str, entry: CacheEntry) -> None:
         entry.policy = self.intern(entry.policy)

@@ -417,7 +417,7 @@ class PolicyResolver:
             if entry is not None:
                 entry.checked_at = self.clock()
                 if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
-                    return self._cached_lookup(key, entry)
+                    return self._cached_lookup(key, entry, error=answer.error or _why_no_record(answer))
                 return await self._fetch(key, entry.policy_id, entry, refresh=True)
             if answer.status is mtasts_dns.TxtStatus.ERROR:
                 lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error)
