@@ -14,7 +14,13 @@ import ssl
 from .errors import MTASTSError
 from .tls_errors import classify_tls_error, failure_reason_code
 
-__all__ = ["classify_tls_error", "create_client_context", "ensure_strict", "failure_reason_code"]
+__all__ = [
+    "classify_tls_error",
+    "create_client_context",
+    "create_opportunistic_context",
+    "ensure_strict",
+    "failure_reason_code",
+]
 
 
 def create_client_context(
@@ -41,4 +47,14 @@ def ensure_strict(context: ssl.SSLContext) -> ssl.SSLContext:
         raise MTASTSError("the SSL context must verify certificates and host names (CERT_REQUIRED, check_hostname)")
     context.hostname_checks_common_name = False
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
+    return context
+
+
+def create_opportunistic_context() -> ssl.SSLContext:
+    """A client context that encrypts without authenticating: for opportunistic TLS when no policy (or a
+    testing / none policy) applies and the certificate did not validate. Never use it under enforce."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

@@ -1,0 +1,495 @@
+"""Delivering one message to one domain under MTA-STS, with aiosmtplib (extra ``smtp``).
+
+``await deliver(message, recipients, resolver=...)`` does what RFC 8461 §4, §5 and §5.1 ask of a sender:
+
+1. the Policy Domain's policy comes from the :class:`~mtasts.resolver.PolicyResolver` (§5.1 step 1);
+2. the MX hosts come from DNS through the resolver's own dnspython resolver, in preference order with ties
+   shuffled (RFC 5321 §5.1); no MX record → the domain itself (implicit MX); a null MX (RFC 7505) → permanent
+   failure;
+3. each MX in turn (§5.1 step 2): under enforce, an MX matching no ``mx`` pattern is skipped without a
+   connection (§4.1); otherwise connect, EHLO, STARTTLS with SNI = the MX name (§7.1) and the certificate
+   validated (§4.2: chain, expiry, DNS-ID, no CN fallback); :func:`~mtasts.verdict.evaluate` decides:
+   under enforce a failed MX is treated as unreachable — never a plaintext retry (§5, C18); under testing or
+   with no policy, delivery is opportunistic (TLS without authentication if the certificate failed, plaintext if
+   STARTTLS is absent) and the failure is reported;
+4. when no MX could be used because of the enforce policy, the TXT record is checked once more and, if the
+   policy changed, the MX list is tried once again (§5 MUST, §5.1 step 3); otherwise the message is
+   **deferred** — never bounced for a policy reason (§5 SHOULD treat as transient, C19).
+
+DANE (RFC 7672) takes precedence (RFC 8461 §2): when the ``dane`` hook says DANE applies to an MX, MTA-STS is
+not evaluated for it; TLS is required and the certificate is judged by ``dane_verifier`` (or, without one, by
+the PKIX context), and a failing DANE result is never overridden.
+
+Every attempt (which MX, which addresses, the verdict, the RFC 8460 result type) goes to ``reporter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import email.utils
+import enum
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from . import dns as mtasts_dns
+from .domain import is_address_literal, normalize_domain
+from .errors import DomainError, MTASTSError, PolicyFetchError
+from .policy import Mode, Policy
+from .resolver import PolicyLookup, PolicyResolver
+from .results import ResultType
+from .tls import create_client_context, create_opportunistic_context, ensure_strict
+from .tls_errors import classify_tls_error, failure_reason_code
+from .verdict import Verdict, evaluate
+
+__all__ = ["Attempt", "DeliveryResult", "DeliveryStatus", "deliver", "find_mx_hosts"]
+
+log = logging.getLogger("mtasts.delivery")
+
+_DNS_FAILURES = mtasts_dns._DNS_FAILURES
+
+
+class DeliveryStatus(enum.StrEnum):
+    """How :func:`deliver` ended."""
+
+    DELIVERED = "delivered"  # an MX accepted the message (for at least one recipient)
+    DEFERRED = "deferred"  # transient: try again later (every policy-related failure ends here)
+    FAILED = "failed"  # permanent: null MX, no such domain, or a 5xx answer from the MX
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One MX host tried (or skipped): what mtasts decided and what happened."""
+
+    mx: str
+    verdict: Verdict | None  # None when MTA-STS was not evaluated (DANE applied, or no connection was made)
+    result_type: str | None  # RFC 8460 result type of a TLS/policy failure, None when TLS validated
+    error: str | None = None  # why this MX did not take the message
+    policy_domain: str = ""
+    ips: tuple[str, ...] = ()  # the MX's addresses
+    receiving_ip: str | None = None  # the address a session was made with
+    sending_ip: str | None = None  # our side of that session
+    tls: bool = False  # the message (if sent) went over TLS
+    tls_failure: str | None = None  # what STARTTLS validation found, whatever the policy made of it
+    delivered: bool = False
+    dane: bool = False  # DANE applied to this MX (MTA-STS not evaluated)
+    failure_reason_code: str | None = None  # RFC 8460 detail (OpenSSL message, mx-not-in-sts-policy, ...)
+    skipped: bool = False  # never contacted (enforce and the MX matches no pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The outcome of :func:`deliver`."""
+
+    status: DeliveryStatus
+    mx: str | None  # the MX that accepted the message
+    attempts: tuple[Attempt, ...]
+    reason: str | None = None
+    policy: Policy | None = None  # the policy applied (the re-checked one, if it changed)
+    lookup: PolicyLookup | None = None
+    refused: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # recipient -> reply
+    rechecked: bool = False  # the TXT record was re-checked after every MX failed under enforce (§5.1)
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is DeliveryStatus.DELIVERED
+
+
+class _PermanentFailure(MTASTSError):
+    """No delivery is possible for this domain (null MX, NXDOMAIN, no address)."""
+
+
+class _TransientFailure(MTASTSError):
+    """The MX list cannot be had now (DNS failure)."""
+
+
+async def find_mx_hosts(
+    resolver: dns.asyncresolver.Resolver, domain: str, *, rng: random.Random | None = None
+) -> list[str]:
+    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505).
+
+    Lowest preference first, ties shuffled; the domain itself when it has no MX but has an address (implicit MX).
+    Raises ``MTASTSError`` subclasses for a null MX / NXDOMAIN (permanent) and DNS failures (transient).
+    """
+    rng = rng or random.Random()
+    qname = dns.name.from_text(domain)
+    try:
+        answer = await resolver.resolve(qname, dns.rdatatype.MX, search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        raise _PermanentFailure(f"{domain}: no such domain (NXDOMAIN)") from None
+    except _DNS_FAILURES as exc:
+        raise _TransientFailure(f"{domain}: MX lookup failed ({type(exc).__name__}: {exc})") from None
+    if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
+        try:
+            await mtasts_dns.resolve_addresses(resolver, domain)
+        except PolicyFetchError as exc:
+            raise _PermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
+        return [domain]
+    records = [(rdata.preference, rdata.exchange) for rdata in answer.rrset]
+    if any(exchange == dns.name.root for _, exchange in records):
+        raise _PermanentFailure(f"{domain}: null MX (RFC 7505): the domain accepts no mail")
+    by_preference: dict[int, list[str]] = {}
+    for preference, exchange in records:
+        host = exchange.to_text(omit_final_dot=True).lower()
+        by_preference.setdefault(preference, []).append(host)
+    ordered: list[str] = []
+    for preference in sorted(by_preference):
+        hosts = by_preference[preference]
+        rng.shuffle(hosts)
+        ordered.extend(hosts)
+    return ordered
+
+
+@dataclass
+class _Job:
+    """Everything one delivery needs, passed down the helpers."""
+
+    message: bytes | email.message.Message
+    recipients: list[str]
+    sender: str
+    domain: str
+    resolver: PolicyResolver
+    port: int
+    tls_context: ssl.SSLContext
+    local_hostname: str | None
+    timeout: float
+    dane: Callable[[str], Awaitable[bool]] | None
+    dane_verifier: Callable[[str, bytes], Awaitable[str | None]] | None
+    reporter: Callable[[Attempt], object] | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def record(self, attempt: Attempt) -> Attempt:
+        self.attempts.append(attempt)
+        if self.reporter is not None:
+            try:
+                self.reporter(attempt)
+            except Exception:
+                log.exception("delivery reporter %r raised", self.reporter)
+        return attempt
+
+
+@dataclass
+class _Outcome:
+    """What one pass over the MX list produced."""
+
+    delivered_mx: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+    permanent: str | None = None  # a 5xx reply: stop, fail
+    policy_blocked: bool = False  # at least one MX was refused by the enforce policy (or DANE)
+    last_error: str | None = None
+
+
+async def deliver(
+    message: email.message.EmailMessage | bytes,
+    recipients: Sequence[str],
+    *,
+    resolver: PolicyResolver,
+    sender: str | None = None,
+    port: int = 25,
+    tls_context: ssl.SSLContext | None = None,
+    dane: Callable[[str], Awaitable[bool]] | None = None,
+    reporter: Callable[[Attempt], object] | None = None,
+    dane_verifier: Callable[[str, bytes], Awaitable[str | None]] | None = None,
+    local_hostname: str | None = None,
+    command_timeout: float = 60.0,
+    next_hop: str | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryResult:
+    """Send ``message`` to ``recipients`` (all at one domain) under that domain's MTA-STS policy.
+
+    ``port``: every MX is contacted on it. ``tls_context``: trust store for MX certificates (default: the
+    system's, TLS >= 1.2, DNS-ID only). ``dane(mx)`` → True when DANE applies to that MX; ``dane_verifier(mx,
+    der_certificate)`` → None if DANE validates, else an RFC 8460 result type (``tlsa-invalid`` ...).
+    ``reporter(attempt)`` gets every :class:`Attempt` (e.g. a TLS-RPT recorder). ``local_hostname``: the EHLO
+    name; ``command_timeout``: seconds for each SMTP command. ``next_hop``: a smart host
+    to deliver through — its domain is then the Policy Domain (§3.4). ``rng`` orders MX hosts of equal
+    preference. Raises :class:`MTASTSError` only for bad arguments; every delivery outcome is a
+    :class:`DeliveryResult`.
+    """
+    job = _Job(
+        message=message,
+        recipients=list(recipients),
+        sender=_sender(message, sender),
+        domain=_policy_domain(recipients, next_hop),
+        resolver=resolver,
+        port=port,
+        tls_context=ensure_strict(tls_context) if tls_context is not None else create_client_context(),
+        local_hostname=local_hostname,
+        timeout=command_timeout,
+        dane=dane,
+        dane_verifier=dane_verifier,
+        reporter=reporter,
+    )
+    lookup = await resolver.lookup(job.domain)
+    try:
+        mx_hosts = await find_mx_hosts(resolver.dns_resolver, job.domain, rng=rng)
+    except _PermanentFailure as exc:
+        return DeliveryResult(DeliveryStatus.FAILED, None, (), exc.message, lookup.policy, lookup)
+    except _TransientFailure as exc:
+        return DeliveryResult(DeliveryStatus.DEFERRED, None, (), exc.message, lookup.policy, lookup)
+
+    outcome = await _try_mx_hosts(job, mx_hosts, lookup.policy)
+    rechecked = False
+    if outcome.delivered_mx is None and outcome.permanent is None and outcome.policy_blocked:
+        # §5: "MUST NOT permanently fail to deliver messages before checking, via DNS, for the presence of an
+        # updated policy"; §5.1 step 3. One re-check; a changed policy gets one more pass over the MX list.
+        rechecked = True
+        fresh = await resolver.recheck(job.domain)
+        if fresh.policy != lookup.policy or fresh.policy_id != lookup.policy_id:
+            lookup = fresh
+            outcome = await _try_mx_hosts(job, mx_hosts, fresh.policy)
+    return _result(job, outcome, lookup, rechecked)
+
+
+def _result(job: _Job, outcome: _Outcome, lookup: PolicyLookup, rechecked: bool) -> DeliveryResult:
+    attempts = tuple(job.attempts)
+    refused = MappingProxyType(dict(outcome.refused))
+    if outcome.delivered_mx is not None:
+        return DeliveryResult(
+            DeliveryStatus.DELIVERED, outcome.delivered_mx, attempts, None, lookup.policy, lookup, refused, rechecked
+        )
+    if outcome.permanent is not None:
+        return DeliveryResult(
+            DeliveryStatus.FAILED, None, attempts, outcome.permanent, lookup.policy, lookup, refused, rechecked
+        )
+    reason = outcome.last_error or "no MX host could be reached"
+    if outcome.policy_blocked:
+        reason = f"no MX host satisfied the MTA-STS policy (deferred; last: {reason})"
+    return DeliveryResult(DeliveryStatus.DEFERRED, None, attempts, reason, lookup.policy, lookup, refused, rechecked)
+
+
+async def _try_mx_hosts(job: _Job, mx_hosts: list[str], policy: Policy | None) -> _Outcome:
+    outcome = _Outcome()
+    for mx in mx_hosts:
+        attempt = await _try_mx(job, mx, policy, outcome)
+        job.record(attempt)
+        if attempt.delivered or outcome.permanent is not None:
+            break
+        if (attempt.verdict is not None and not attempt.verdict.deliver) or (attempt.dane and attempt.result_type):
+            outcome.policy_blocked = True
+        outcome.last_error = attempt.error or outcome.last_error
+    return outcome
+
+
+async def _try_mx(job: _Job, mx: str, policy: Policy | None, outcome: _Outcome) -> Attempt:
+    base = Attempt(mx=mx, verdict=None, result_type=None, policy_domain=job.domain)
+    dane = job.dane is not None and await job.dane(mx)
+    if dane:
+        base = replace(base, dane=True)
+    elif policy is not None and policy.mode is Mode.ENFORCE and not policy.matches(mx):
+        # §4.1 under enforce: never connect to an MX outside the policy.
+        verdict = evaluate(policy, mx)
+        return replace(
+            base,
+            verdict=verdict,
+            result_type=verdict.result_type,
+            failure_reason_code=verdict.failure_reason_code,
+            error=f"{mx} matches no mx pattern of the enforce policy",
+            skipped=True,
+        )
+    try:
+        ips = tuple(await mtasts_dns.resolve_addresses(job.resolver.dns_resolver, mx))
+    except PolicyFetchError as exc:
+        return replace(base, error=exc.message)
+    base = replace(base, ips=ips)
+    last = base
+    for ip in ips:
+        last = await _session(job, base, ip, policy, outcome)
+        if last.receiving_ip is not None:
+            return last  # a session was made: its outcome stands for this MX; the next address only after no connection
+    return last
+
+
+async def _connect(job: _Job, ip: str, mx: str) -> aiosmtplib.SMTP:
+    client = aiosmtplib.SMTP(
+        hostname=ip,
+        port=job.port,
+        local_hostname=job.local_hostname,
+        timeout=job.timeout,
+        start_tls=False,
+        use_tls=False,
+    )
+    await client.connect()
+    await client.ehlo()
+    return client
+
+
+async def _starttls(job: _Job, client: aiosmtplib.SMTP, mx: str, context: ssl.SSLContext) -> None:
+    if not client.supports_extension("starttls"):
+        raise _NoStartTLS(f"{mx} does not offer STARTTLS")
+    try:
+        await client.starttls(server_hostname=mx, tls_context=context)
+    except aiosmtplib.SMTPResponseException as exc:
+        raise _NoStartTLS(f"{mx} refused STARTTLS: {exc.code} {exc.message}") from None
+    await client.ehlo()  # RFC 3207 §4.2: discard what was learned before TLS
+
+
+class _NoStartTLS(MTASTSError):
+    default_result_type = ResultType.STARTTLS_NOT_SUPPORTED
+
+
+async def _session(job: _Job, base: Attempt, ip: str, policy: Policy | None, outcome: _Outcome) -> Attempt:
+    """One SMTP session with ``ip``: validate TLS, decide, and send if the verdict allows."""
+    mx = base.mx
+    attempt = replace(base, receiving_ip=ip)
+    client: aiosmtplib.SMTP | None = None
+    try:
+        try:
+            client = await _connect(job, ip, mx)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return replace(attempt, receiving_ip=None, error=f"{mx} [{ip}]: cannot connect: {exc}")
+        attempt = replace(attempt, sending_ip=_local_ip(client))
+        tls_failure, reason_code, tls_error = await _validate_tls(job, client, mx, dane=base.dane)
+        if base.dane:
+            verdict = None
+            may_send = tls_failure is None  # DANE applies: TLS required, its failure is never overridden
+        else:
+            verdict = evaluate(policy, mx, tls_failure=tls_failure)
+            may_send = verdict.deliver
+        attempt = replace(
+            attempt,
+            verdict=verdict,
+            result_type=tls_failure if verdict is None else verdict.result_type,
+            failure_reason_code=reason_code,
+            tls=tls_failure is None,
+            tls_failure=tls_failure,
+        )
+        if not may_send:
+            return replace(attempt, error=f"{mx} [{ip}]: {tls_error or tls_failure}")
+        if tls_failure is not None:
+            # Opportunistic (testing / none / no policy): the session died with the failed handshake, or has
+            # no TLS: reconnect, encrypt without authentication if STARTTLS is offered, else plaintext.
+            _close(client)
+            client, tls_used = await _opportunistic_session(job, ip, mx)
+            attempt = replace(attempt, tls=tls_used)
+        return await _send(job, client, attempt, outcome)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return replace(attempt, error=f"{mx} [{ip}]: {type(exc).__name__}: {exc}")
+    finally:
+        if client is not None:
+            await _quit(client)
+
+
+async def _validate_tls(
+    job: _Job, client: aiosmtplib.SMTP, mx: str, *, dane: bool
+) -> tuple[str | None, str | None, str | None]:
+    """STARTTLS with full validation. Returns (result type, failure-reason-code, readable error) or Nones."""
+    verifier = job.dane_verifier if dane else None
+    context = create_opportunistic_context() if verifier is not None else job.tls_context
+    try:
+        await _starttls(job, client, mx, context)
+    except _NoStartTLS as exc:
+        return ResultType.STARTTLS_NOT_SUPPORTED, "starttls-not-supported", exc.message
+    except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError) as exc:
+        return classify_tls_error(exc), failure_reason_code(exc), f"TLS failed: {exc}"
+    if verifier is not None:
+        certificate = _peer_certificate(client)
+        result = await verifier(mx, certificate) if certificate else ResultType.TLSA_INVALID
+        if result is not None:
+            return result, "dane-validation-failed", f"DANE validation failed: {result}"
+    return None, None, None
+
+
+async def _opportunistic_session(job: _Job, ip: str, mx: str) -> tuple[aiosmtplib.SMTP, bool]:
+    client = await _connect(job, ip, mx)
+    if not client.supports_extension("starttls"):
+        return client, False
+    try:
+        await client.starttls(server_hostname=mx, tls_context=create_opportunistic_context())
+        await client.ehlo()
+        return client, True
+    except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError):
+        _close(client)
+        return await _connect(job, ip, mx), False  # plaintext, as a last resort
+
+
+async def _send(job: _Job, client: aiosmtplib.SMTP, attempt: Attempt, outcome: _Outcome) -> Attempt:
+    try:
+        if isinstance(job.message, bytes):
+            errors, _ = await client.sendmail(job.sender, job.recipients, job.message)
+        else:
+            errors, _ = await client.send_message(job.message, sender=job.sender, recipients=job.recipients)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        codes = [refusal.code for refusal in exc.recipients]
+        text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        if codes and all(500 <= code < 600 for code in codes):
+            outcome.permanent = f"every recipient refused by {attempt.mx}: {text}"
+        return replace(attempt, error=f"recipients refused: {text}")
+    except aiosmtplib.SMTPResponseException as exc:
+        if 500 <= exc.code < 600:
+            outcome.permanent = f"{attempt.mx} answered {exc.code} {exc.message}"
+        return replace(attempt, error=f"{exc.code} {exc.message}")
+    outcome.delivered_mx = attempt.mx
+    outcome.refused.update({rcpt: f"{resp.code} {resp.message}" for rcpt, resp in errors.items()})
+    return replace(attempt, delivered=True)
+
+
+def _peer_certificate(client: aiosmtplib.SMTP) -> bytes:
+    ssl_object = client.get_transport_info("ssl_object")
+    if isinstance(ssl_object, ssl.SSLObject):
+        der = ssl_object.getpeercert(binary_form=True)
+        return der or b""
+    return b""
+
+
+def _local_ip(client: aiosmtplib.SMTP) -> str | None:
+    sockname = client.get_transport_info("sockname")
+    if isinstance(sockname, tuple) and sockname:
+        return str(sockname[0])
+    return None
+
+
+def _close(client: aiosmtplib.SMTP) -> None:
+    client.close()
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
+        try:
+            await asyncio.wait_for(client.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def _sender(message: email.message.Message | bytes, sender: str | None) -> str:
+    if sender is not None:
+        return sender
+    if isinstance(message, email.message.Message):
+        header = message.get("Sender") or message.get("From")
+        if header:
+            _, address = email.utils.parseaddr(str(header))
+            if address:
+                return address
+    raise MTASTSError("deliver() needs a sender: pass sender=, or a message with a From header")
+
+
+def _policy_domain(recipients: Sequence[str], next_hop: str | None) -> str:
+    """The Policy Domain: the smart host's domain if there is one (§3.4), else the recipients' one domain."""
+    if isinstance(recipients, str) or not recipients:
+        raise MTASTSError("recipients must be a non-empty sequence of addresses")
+    domains: set[str] = set()
+    for recipient in recipients:
+        local, at, domain = recipient.rpartition("@")
+        if not at or not local:
+            raise MTASTSError(f"not an address: {recipient!r}")
+        if is_address_literal(domain):
+            raise MTASTSError(f"address literals have no MTA-STS policy (RFC 8461 §3.4): {recipient!r}")
+        try:
+            domains.add(normalize_domain(domain))
+        except DomainError as exc:
+            raise MTASTSError(f"{recipient!r}: {exc.message}") from None
+    if len(domains) != 1:
+        raise MTASTSError(f"deliver() sends to one domain at a time, not {sorted(domains)}")
+    if next_hop is not None:
+        return normalize_domain(next_hop)
+    return domains.pop()
