@@ -1,0 +1,1 @@
+"""mtasts benchmarks: ``python -m benchmarks`` (or ``./run bench``). See docs/benchmarks.md."""

@@ -1,0 +1,76 @@
+"""Run one benchmark step in a fresh process, for mtasts or the peer, side by side on the same world.
+
+Each implementation module (``benchmarks.mtasts_impl``, ``benchmarks.peer_impl``) exposes async functions
+(``hit``, ``load``, ``cold``, ``herd``, ``memory``) taking JSON-able keyword arguments and returning a JSON-able
+dict. ``python -m benchmarks.workers IMPL COMMAND ARGS_JSON`` runs one and prints its result as one JSON line;
+:func:`run_worker` does that from the runner, with extra environment variables (the peer needs
+``SSL_CERT_FILE`` and ``https_proxy`` set before aiohttp is imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+IMPLEMENTATIONS = {"mtasts": "benchmarks.mtasts_impl", "peer": "benchmarks.peer_impl"}
+
+
+@dataclass(frozen=True)
+class WorldEnv:
+    """How a worker process reaches the loopback world started by the runner."""
+
+    dns_host: str
+    dns_port: int
+    https_port: int
+    ca_pem_path: str
+    proxy_url: str | None = None  # an HTTP CONNECT proxy forwarding *:443 to the world's HTTPS port
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_worker(
+    impl: str, command: str, args: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float = 1800
+) -> dict[str, Any]:
+    """Run ``impl.command(**args)`` in a subprocess; return its result (or ``{"error": ...}``)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.workers",
+        impl,
+        command,
+        json.dumps(args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return {"error": f"{impl} {command}: timed out after {timeout:g} s"}
+    lines = stdout.decode().strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
+        return {"error": f"{impl} {command} exited {process.returncode}: {' | '.join(tail)}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    impl, command, raw_args = argv
+    module = importlib.import_module(IMPLEMENTATIONS[impl])
+    function = getattr(module, command)
+    result = asyncio.run(function(**json.loads(raw_args)))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
