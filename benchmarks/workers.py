@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import json
 import os
+import resource
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,7 @@ async def run_worker(
     impl: str, command: str, args: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float = 1800
 ) -> dict[str, Any]:
     """Run ``impl.command(**args)`` in a subprocess; return its result (or ``{"error": ...}``)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -60,6 +62,8 @@ async def run_worker(
         tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
         return {"error": f"{impl} {command} exited {process.returncode}: {' | '.join(tail)}"}
     result: dict[str, Any] = json.loads(lines[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # this worker's CPU (workers run one at a time)
+    result.setdefault("cpu_seconds", after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return result
 
 

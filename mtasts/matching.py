@@ -19,7 +19,7 @@ from . import _abnf
 from .domain import normalize_domain
 from .errors import DomainError
 
-__all__ = ["host_key", "mx_matches"]
+__all__ = ["host_key", "is_label", "match_key", "mx_matches"]
 
 _ldh_label = re.compile(_abnf.SUB_DOMAIN)
 
@@ -36,6 +36,14 @@ def host_key(host: str) -> str:
     return normalize_domain(host)
 
 
+def is_label(label: str) -> bool:
+    """Is ``label`` one valid LDH label (RFC 5321 sub-domain, at most 63 characters)?"""
+    if len(label) > _abnf.MAX_LABEL_LENGTH:
+        return False
+    # Fast path: letters and digits only (callers pass ASCII, so isalnum() is exactly [A-Za-z0-9]).
+    return label.isalnum() or _ldh_label.fullmatch(label) is not None
+
+
 def match_key(exact: frozenset[str], wildcard_suffixes: frozenset[str], key: str) -> bool:
     """Is the normalized host ``key`` in ``exact``, or one label + "." + one of ``wildcard_suffixes``?"""
     if key in exact:
@@ -44,12 +52,7 @@ def match_key(exact: frozenset[str], wildcard_suffixes: frozenset[str], key: str
         return False
     first, dot, rest = key.partition(".")
     # The wildcard stands for exactly one whole, valid label (§4.1): never empty, never "a.b", never "*".
-    return (
-        bool(dot)
-        and rest in wildcard_suffixes
-        and len(first) <= _abnf.MAX_LABEL_LENGTH
-        and _ldh_label.fullmatch(first) is not None
-    )
+    return bool(dot) and rest in wildcard_suffixes and first.isascii() and is_label(first)
 
 
 def mx_matches(pattern: str, host: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from . import _abnf
 from .errors import DomainError, PolicyError
-from .matching import host_key, match_key
+from .matching import host_key, is_label
 
 __all__ = ["MAX_MAX_AGE", "Mode", "Policy", "parse_policy"]
 
@@ -81,7 +81,7 @@ class Policy:
         "__weakref__",
         "_exact",
         "_hash",
-        "_ok_verdict",
+        "_verdicts",
         "_wildcards",
         "extensions",
         "max_age",
@@ -98,7 +98,8 @@ class Policy:
     _exact: frozenset[str]
     _wildcards: frozenset[str]
     _hash: int
-    _ok_verdict: object  # the Verdict for a matching MX over a validated session, made once by evaluate()
+    # evaluate()'s memo: MX host -> Verdict for a validated session (bounded; a policy's MX hosts are few)
+    _verdicts: dict[str, object]
 
     def __init__(
         self,
@@ -137,7 +138,7 @@ class Policy:
         setattr_(self, "_exact", frozenset(p for p in mx if not p.startswith("*.")))
         setattr_(self, "_wildcards", frozenset(p[2:] for p in mx if p.startswith("*.")))
         setattr_(self, "_hash", hash((mode, mx, max_age, frozenset(extensions.items()))))
-        setattr_(self, "_ok_verdict", None)
+        setattr_(self, "_verdicts", {})
 
     @classmethod
     def _from_valid(cls, mode: Mode, mx: tuple[str, ...], max_age: int, extensions: dict[str, str]) -> Policy:
@@ -181,13 +182,26 @@ class Policy:
 
     def matches(self, host: str) -> bool:
         """Does any ``mx`` pattern match the MX host ``host`` (RFC 8461 §4.1)? See :func:`mx_matches`."""
-        if not isinstance(host, str):
+        # The hot path of every verdict: ASCII host names are handled inline (measured: benchmarks/).
+        if type(host) is str and host.isascii():
+            key = host.lower()
+            if key.endswith("."):
+                key = key[:-1]
+        elif isinstance(host, str):
+            try:
+                key = host_key(host)
+            except DomainError:
+                return False
+        else:
             return False
-        try:
-            key = host_key(host)
-        except DomainError:
-            return False
-        return match_key(self._exact, self._wildcards, key)
+        if key in self._exact:
+            return True
+        if self._wildcards:
+            first, dot, rest = key.partition(".")
+            # "*." stands for exactly one whole, valid label (§4.1): never empty, never "a.b", never "*".
+            if dot and rest in self._wildcards and len(first) <= _abnf.MAX_LABEL_LENGTH:
+                return first.isalnum() or is_label(first)  # key is ASCII here: isalnum() is [A-Za-z0-9]
+        return False
 
     def lines(self) -> list[str]:
         """The policy's fields as lines without terminators (also TLS-RPT's ``policy-string``, RFC 8460 §4.5)."""

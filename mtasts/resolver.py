@@ -41,7 +41,7 @@ import dns.asyncresolver
 import dns.exception
 
 from . import dns as mtasts_dns
-from .cache import CacheEntry, PolicyCache
+from .cache import CacheEntry, ExpiringCache, PolicyCache
 from .domain import is_address_literal, normalize_domain
 from .errors import MTASTSError
 from .fetch import PolicyFetcher
@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("mtasts.resolver")
+
+# PolicyCache packs "fresh until" (whole seconds) in bits 0-31 and the policy index in bits 64-95.
+_LOW32 = (1 << 32) - 1
 
 
 class LookupStatus(enum.StrEnum):
@@ -184,10 +187,10 @@ class PolicyResolver:
             max_concurrent=max_concurrent_fetches,
         )
         self._cache = PolicyCache(cache_size)
+        self._cache_data = self._cache.data  # bound once for the hot path
+        self._cache_policies = self._cache.policies
         # domain -> PolicyLookup for NO_POLICY / DNS_ERROR answers (TTL chosen per item below)
-        self._negative: cachetools.TLRUCache[str, PolicyLookup] = cachetools.TLRUCache(
-            maxsize=negative_cache_size, ttu=self._negative_ttu, timer=clock
-        )
+        self._negative: ExpiringCache[PolicyLookup] = ExpiringCache(negative_cache_size)
         # (domain, id) -> (result_type, error) for failed fetches (§3.3 backoff per version id)
         self._failures: cachetools.TTLCache[tuple[str, str], tuple[str | None, str]] = cachetools.TTLCache(
             maxsize=negative_cache_size, ttl=failure_backoff, timer=clock
@@ -200,6 +203,7 @@ class PolicyResolver:
         self._on_refresh_failure = on_refresh_failure
         self._inflight: dict[tuple[str, str], asyncio.Future[PolicyLookup]] = {}
         self._background: asyncio.Task[None] | None = None
+        self._next_refresh_at = -math.inf  # no refresh is due before this time (refresh_due's fast exit)
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -237,21 +241,24 @@ class PolicyResolver:
             if policy is NOT_CACHED:
                 policy = await resolver.get_policy(domain)
         """
-        try:
-            entry = self._cache.get(domain)
-        except TypeError:  # unhashable: not a domain; _key raises the typed error
-            entry = None
-        if entry is None:
-            key = self._key(domain)
-            if key is None:
-                return None
-            entry = self._cache.get(key)
-            if entry is None:
-                negative = self._negative.get(key)
-                return None if negative is not None else NOT_CACHED
         now = self.clock()
-        if now - entry.checked_at < self._txt_check_interval and now - entry.fetched_at < entry.policy.max_age:
-            return entry.policy
+        try:
+            packed = self._cache_data.get(domain)  # the hot path, inlined (PolicyCache.fresh_policy)
+        except TypeError:  # unhashable: not a domain name (_key raises the typed error below)
+            packed = None
+        if packed is not None and now < (packed & _LOW32):
+            return self._cache_policies[(packed >> 64) & _LOW32]
+        if self._negative.get(domain, now) is not None:  # hot too: most domains publish no policy
+            return None
+        key = self._key(domain)
+        if key is None:
+            return None
+        if key != domain:
+            policy = self._cache.fresh_policy(key, now)
+            if policy is not None:
+                return policy
+            if self._negative.get(key, now) is not None:
+                return None
         return NOT_CACHED
 
     async def get_policy(self, domain: str) -> Policy | None:
@@ -260,6 +267,9 @@ class PolicyResolver:
         Never raises for DNS, HTTP or policy failures of the domain (they end in None or the cached policy);
         raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name.
         """
+        packed = self._cache_data.get(domain) if type(domain) is str else None  # hot path, as in cached_policy
+        if packed is not None and self.clock() < (packed & _LOW32):
+            return self._cache_policies[(packed >> 64) & _LOW32]
         policy = self.cached_policy(domain)
         if policy is not NOT_CACHED:
             return policy
@@ -283,7 +293,7 @@ class PolicyResolver:
         key = self._key(domain)
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
-        self._negative.pop(key, None)
+        self._negative.pop(key)
         return await self._single_flight(key, "recheck", lambda: self._resolve(key))
 
     async def refresh(self, domain: str) -> PolicyLookup:
@@ -291,7 +301,7 @@ class PolicyResolver:
         key = self._key(domain)
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
-        self._negative.pop(key, None)
+        self._negative.pop(key)
         return await self._single_flight(key, "refresh", lambda: self._resolve(key, refresh=True))
 
     async def refresh_due(self, *, limit: int | None = None) -> list[PolicyLookup]:
@@ -302,7 +312,9 @@ class PolicyResolver:
         the cached mode is none, §3.3) and passed to ``on_refresh_failure``; the cached policy stays.
         """
         now = self.clock()
-        due = [domain for domain, entry in self._cache.items() if now >= self._refresh_due_at(entry)]
+        if now < self._next_refresh_at:
+            return []  # nothing is due yet: no scan (the background task calls this every period)
+        due, self._next_refresh_at = self._cache.due_for_refresh(now, self._refresh_interval)
         if limit is not None:
             due = due[:limit]
         if not due:
@@ -323,8 +335,32 @@ class PolicyResolver:
                 log.exception("proactive refresh failed")
             await asyncio.sleep(period)
 
-    def _refresh_due_at(self, entry: CacheEntry) -> float:
-        return entry.fetched_at + min(self._refresh_interval, entry.policy.max_age * 0.75)
+    # -- the cache, directly ---------------------------------------------------------------------------------------
+
+    def cache_policy(self, domain: str, policy: Policy, policy_id: str, *, fetched_at: float | None = None) -> None:
+        """Put a policy in the cache as if it had been fetched at ``fetched_at`` (default: now) under ``policy_id``.
+
+        For warming a cache from your own records, or pinning a policy in tests. ``max_age`` still applies.
+        """
+        key = self._key(domain)
+        if key is None:
+            raise MTASTSError(f"address literals have no MTA-STS policy: {domain!r}")
+        if not isinstance(policy, Policy):
+            raise MTASTSError(f"expected a Policy, not {type(policy).__name__}")
+        record = select_txt_record([f"v=STSv1; id={policy_id};"]) if isinstance(policy_id, str) else None
+        if record is None:
+            raise MTASTSError(f"invalid policy id {policy_id!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
+        when = self.clock() if fetched_at is None else fetched_at
+        if policy.max_age > 0:
+            self._store_in_cache(key, policy, record.id, when)
+            self._negative.pop(key)
+
+    def _store_in_cache(self, key: str, policy: Policy, policy_id: str, fetched_at: float) -> Policy:
+        """Cache a fetched policy; returns the stored (interned) instance."""
+        entry = self._cache.put(key, policy, policy_id, fetched_at=fetched_at, fresh_for=self._txt_check_interval)
+        due = entry.fetched_at + min(self._refresh_interval, policy.max_age * 0.75)
+        self._next_refresh_at = min(self._next_refresh_at, due)
+        return entry.policy
 
     # -- introspection -------------------------------------------------------------------------------------------
 
@@ -348,13 +384,12 @@ class PolicyResolver:
 
     def _from_memory(self, key: str) -> PolicyLookup | None:
         """A lookup memory can answer: a fresh cached policy, or a remembered negative answer."""
-        entry = self._cache.get(key)
-        if entry is not None:
-            now = self.clock()
-            if now - entry.checked_at < self._txt_check_interval and not entry.is_expired(now):
-                return self._cached_lookup(key, entry)
-            return None
-        return self._negative.get(key)
+        now = self.clock()
+        if self._cache.fresh_policy(key, now) is not None:
+            entry = self._cache.get(key)
+            assert entry is not None
+            return self._cached_lookup(key, entry)
+        return self._negative.get(key, now)
 
     @staticmethod
     def _cached_lookup(
@@ -393,10 +428,6 @@ class PolicyResolver:
             future.add_done_callback(_done)
         return await asyncio.shield(future)
 
-    def _negative_ttu(self, key: str, value: PolicyLookup, now: float) -> float:
-        ttl = self._dns_error_ttl if value.status is LookupStatus.DNS_ERROR else self._negative_ttl
-        return now + ttl
-
     async def _check_txt(self, key: str) -> _Checked:
         answer = await mtasts_dns.query_txt(self.dns_resolver, f"_mta-sts.{key}.")
         record = select_txt_record(answer.records) if answer.status is mtasts_dns.TxtStatus.FOUND else None
@@ -415,7 +446,7 @@ class PolicyResolver:
         if checked.policy_id is None:
             # No usable TXT record: NXDOMAIN, NODATA, no or several STS records, invalid, SERVFAIL, timeout.
             if entry is not None:
-                entry.checked_at = self.clock()
+                self._cache.mark_checked(key, self.clock(), self._txt_check_interval)
                 if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
                     return self._cached_lookup(key, entry, error=answer.error or _why_no_record(answer))
                 return await self._fetch(key, entry.policy_id, entry, refresh=True)
@@ -423,12 +454,13 @@ class PolicyResolver:
                 lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error)
             else:
                 lookup = PolicyLookup(key, LookupStatus.NO_POLICY, error=_why_no_record(answer))
-            self._negative[key] = lookup
+            ttl = self._dns_error_ttl if lookup.status is LookupStatus.DNS_ERROR else self._negative_ttl
+            self._negative.put(key, lookup, self.clock() + ttl)
             return lookup
 
         policy_id = checked.policy_id
         if entry is not None and entry.policy_id == policy_id and not refresh:
-            entry.checked_at = self.clock()  # §3: same id, nothing to fetch
+            self._cache.mark_checked(key, self.clock(), self._txt_check_interval)  # §3: same id, no fetch
             return self._cached_lookup(key, entry)
         return await self._fetch(key, policy_id, entry, refresh=refresh)
 
@@ -444,11 +476,9 @@ class PolicyResolver:
             self._failures[(key, policy_id)] = (exc.result_type, exc.message)
             return self._failed(key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh)
         fetched_at = self.clock()
-        self._negative.pop(key, None)
+        self._negative.pop(key)
         if policy.max_age > 0:
-            new_entry = CacheEntry(policy, policy_id, fetched_at, fetched_at)
-            self._cache.put(key, new_entry)
-            policy = new_entry.policy
+            policy = self._store_in_cache(key, policy, policy_id, fetched_at)
         else:
             self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached
         return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, fetched_at)
@@ -465,7 +495,7 @@ class PolicyResolver:
         refresh: bool,
     ) -> PolicyLookup:
         if entry is not None:
-            entry.checked_at = self.clock()
+            self._cache.mark_checked(key, self.clock(), self._txt_check_interval)
         if notify:
             self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
         if entry is not None:  # §3.3 MUST: the valid cached policy applies

@@ -40,6 +40,10 @@ class Verdict:
 
 
 _NO_POLICY = Verdict(deliver=True, require_tls=False, result_type=None, policy=None)
+_NONE = Mode.NONE
+_ENFORCE = Mode.ENFORCE
+_VALIDATION_FAILURE = ResultType.VALIDATION_FAILURE
+_MEMO_LIMIT = 64  # verdicts remembered per policy (one per MX host name seen; domains have a handful)
 
 
 def evaluate(policy: Policy | None, mx_host: str, *, tls_failure: str | None = None) -> Verdict:
@@ -51,31 +55,38 @@ def evaluate(policy: Policy | None, mx_host: str, *, tls_failure: str | None = N
     pattern is reported as ``validation-failure`` / ``mx-not-in-sts-policy`` (decisions table, C17), and takes
     precedence over a TLS failure: such an MX is not to be contacted at all under enforce.
     """
-    if tls_failure is not None and tls_failure not in SESSION_FAILURES:
+    if tls_failure is None:
+        if policy is None:
+            return _NO_POLICY
+        # The hot path: a policy's verdict for a host never changes (both are immutable), so it is made once.
+        memo = policy._verdicts
+        try:
+            return cast(Verdict, memo[mx_host])
+        except (KeyError, TypeError):
+            verdict = _evaluate(policy, mx_host, None)
+            if type(mx_host) is str and len(memo) < _MEMO_LIMIT:
+                memo[mx_host] = verdict
+            return verdict
+    if tls_failure not in SESSION_FAILURES:
         raise MTASTSError(f"tls_failure must be None or an RFC 8460 session result type, not {tls_failure!r}")
     if policy is None:
         return _NO_POLICY
+    return _evaluate(policy, mx_host, tls_failure)
+
+
+def _evaluate(policy: Policy, mx_host: str, tls_failure: str | None) -> Verdict:
     mode = policy.mode
-    if mode is Mode.NONE:
-        return _verdict_for_valid(policy, require_tls=False)
-    enforce = mode is Mode.ENFORCE
+    if mode is _NONE:
+        return Verdict(deliver=True, require_tls=False, result_type=None, policy=policy)
+    enforce = mode is _ENFORCE
     if not policy.matches(mx_host):
         return Verdict(
             deliver=not enforce,
             require_tls=enforce,
-            result_type=ResultType.VALIDATION_FAILURE,
+            result_type=_VALIDATION_FAILURE,
             policy=policy,
             failure_reason_code=MX_NOT_IN_STS_POLICY,
         )
-    if tls_failure is None:
-        return _verdict_for_valid(policy, require_tls=enforce)
-    return Verdict(deliver=not enforce, require_tls=enforce, result_type=tls_failure, policy=policy)
-
-
-def _verdict_for_valid(policy: Policy, *, require_tls: bool) -> Verdict:
-    """The verdict for a matching MX over a validated session: made once per policy, then reused."""
-    verdict = policy._ok_verdict
-    if verdict is None:
-        verdict = Verdict(deliver=True, require_tls=require_tls, result_type=None, policy=policy)
-        object.__setattr__(policy, "_ok_verdict", verdict)
-    return cast(Verdict, verdict)
+    return Verdict(
+        deliver=not enforce or tls_failure is None, require_tls=enforce, result_type=tls_failure, policy=policy
+    )

@@ -533,22 +533,3 @@ async def test_close_cancels_lookups_in_flight(world: World, clock: FakeClock) -
 
     with pytest.raises(MTASTSError):
         await resolver.lookup("slow.example")
-
-
-def test_interned_policies_are_freed_with_their_last_entry() -> None:
-    import gc
-    import weakref
-
-    from mtasts.cache import CacheEntry, PolicyCache
-
-    cache = PolicyCache(10)
-    policy = parse_policy(ENFORCE)
-    cache.put("a.example", CacheEntry(policy, "1", 0.0, 0.0))
-    cache.put("b.example", CacheEntry(parse_policy(ENFORCE), "1", 0.0, 0.0))
-    assert cache.distinct_policies == 1
-    ref = weakref.ref(policy)
-    del policy
-    cache.pop("a.example")
-    cache.pop("b.example")
-    gc.collect()
-    assert ref() is None and cache.distinct_policies == 0

@@ -39,7 +39,18 @@ def test_enforce_valid_session_on_matching_mx_delivers_with_tls_required() -> No
     verdict = evaluate(enforce, "mx.example.com")
     assert (verdict.deliver, verdict.require_tls, verdict.result_type) == (True, True, None)
     assert verdict.policy is enforce
-    assert evaluate(enforce, "MX9.example.net.") is verdict  # made once per policy, reused
+    assert evaluate(enforce, "mx.example.com") is verdict  # made once per (policy, host), then reused
+    assert evaluate(enforce, "MX9.example.net.") == verdict
+
+
+def test_the_verdict_memo_is_bounded_and_exact() -> None:
+    enforce = policy("enforce")
+    for i in range(200):
+        host = f"mx{i}.example.net" if i % 2 else f"mx{i}.attacker.example"
+        assert evaluate(enforce, host).deliver is bool(i % 2)
+        assert evaluate(enforce, host).deliver is bool(i % 2)  # the memoized answer is the same answer
+    assert len(enforce._verdicts) <= 64
+    assert evaluate(enforce, b"mx.example.com").deliver is False  # type: ignore[arg-type]  # not a str: no memo
 
 
 @pytest.mark.parametrize("failure", TLS_FAILURES)

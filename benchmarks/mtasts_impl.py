@@ -1,0 +1,223 @@
+"""The mtasts side of the benchmarks (run in a worker process by :mod:`benchmarks.workers`).
+
+Every figure is a *decision*: find the policy for a domain, then ``evaluate`` it for an MX host. The reference
+rows (``dict``, ``ttlcache``) do the same evaluate after a bare lookup, so the ratios compare the lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cachetools
+import dns.asyncresolver
+
+from mtasts import Policy, PolicyResolver, evaluate, parse_policy
+from mtasts.resolver import NOT_CACHED
+from mtasts.tls import create_client_context
+
+NOW = 1_800_000_000.0
+
+
+def _clock() -> float:
+    return NOW
+
+
+def policy_for(index: int, policies: int) -> Policy:
+    """One of ``policies`` distinct enforce policies (distinct by their mx pattern)."""
+    return parse_policy(f"version: STSv1\nmode: enforce\nmx: *.provider{index % policies}.example\nmax_age: 604800\n")
+
+
+def domain_names(count: int) -> list[str]:
+    return [f"d{i}.bench.example" for i in range(count)]
+
+
+def _populated_resolver(domains: list[str], policies: int, *, cache_size: int | None = None) -> PolicyResolver:
+    resolver = PolicyResolver(clock=_clock, cache_size=cache_size or max(len(domains), 1))
+    distinct = [policy_for(i, policies) for i in range(policies)]
+    for i, domain in enumerate(domains):
+        resolver.cache_policy(domain, distinct[i % policies], f"id{i % policies}", fetched_at=NOW)
+    return resolver
+
+
+def _median_ns(run: Callable[[], int], repeats: int = 5) -> float:
+    """Median over ``repeats`` of ns per op, where ``run`` returns elapsed ns for its ops (divided by caller)."""
+    return statistics.median(run() for _ in range(repeats))
+
+
+async def hit(domains: int, iterations: int) -> dict[str, Any]:
+    """ns per cached decision (lookup + evaluate), for a bare dict, a cachetools TTLCache, mtasts' fast path
+    (``resolver.cached_policy``) and ``await resolver.get_policy``. Median of 5 runs of ``iterations`` ops."""
+    names = domain_names(domains)
+    mx_hosts = [f"mx.provider{i % 100}.example" for i in range(domains)]
+    resolver = _populated_resolver(names, 100)
+    plain = {name: resolver.cached_policy(name) for name in names}
+    ttl: cachetools.TTLCache[str, Any] = cachetools.TTLCache(maxsize=domains, ttl=3600, timer=time.monotonic)
+    ttl.update(plain)
+    pairs = [(names[i % domains], mx_hosts[i % domains]) for i in range(min(iterations, 100_000))]
+    rounds = max(1, iterations // len(pairs))
+    ops = rounds * len(pairs)
+
+    def run_dict() -> int:
+        get = plain.get
+        start = time.perf_counter_ns()
+        for _ in range(rounds):
+            for domain, mx in pairs:
+                evaluate(get(domain), mx)  # type: ignore[arg-type]
+        return time.perf_counter_ns() - start
+
+    def run_ttl() -> int:
+        get = ttl.get
+        start = time.perf_counter_ns()
+        for _ in range(rounds):
+            for domain, mx in pairs:
+                evaluate(get(domain), mx)
+        return time.perf_counter_ns() - start
+
+    def run_fast() -> int:
+        cached = resolver.cached_policy
+        start = time.perf_counter_ns()
+        for _ in range(rounds):
+            for domain, mx in pairs:
+                policy = cached(domain)
+                assert policy is not NOT_CACHED
+                evaluate(policy, mx)
+        return time.perf_counter_ns() - start
+
+    async def run_get_policy() -> int:
+        get_policy = resolver.get_policy
+        start = time.perf_counter_ns()
+        for _ in range(rounds):
+            for domain, mx in pairs:
+                evaluate(await get_policy(domain), mx)
+        return time.perf_counter_ns() - start
+
+    results = {
+        "dict": _median_ns(run_dict) / ops,
+        "ttlcache": _median_ns(run_ttl) / ops,
+        "fast_path": _median_ns(run_fast) / ops,
+    }
+    samples = [await run_get_policy() for _ in range(5)]
+    results["get_policy"] = statistics.median(samples) / ops
+    await resolver.aclose()
+    return {"ns_per_op": results, "ops": ops}
+
+
+async def load(domains: int, tasks: list[int], ops: int, refresher: bool = True) -> dict[str, Any]:
+    """N concurrent tasks doing ``await get_policy`` + ``evaluate`` over ``domains`` cached domains, with the
+    proactive refresher running (nothing is due: it scans and finds nothing, as in steady state)."""
+    names = domain_names(domains)
+    resolver = _populated_resolver(names, 100)
+    if refresher:
+        resolver.start_background_refresh(period=0.05)
+    levels = []
+    for n in tasks:
+        per_task = max(1, ops // n)
+        latencies: list[int] = []
+
+        async def worker(offset: int, per_task: int = per_task, latencies: list[int] = latencies) -> None:
+            get_policy = resolver.get_policy
+            for i in range(per_task):
+                domain = names[(offset + i * 7919) % domains]
+                start = time.perf_counter_ns()
+                policy = await get_policy(domain)
+                evaluate(policy, "mx.provider1.example")
+                latencies.append(time.perf_counter_ns() - start)
+                if i % 64 == 63:
+                    await asyncio.sleep(0)  # let the other tasks (and the refresher) run, as real callers would
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k * 104729) for k in range(n)))
+        elapsed = time.perf_counter() - start
+        latencies.sort()
+        levels.append(
+            {
+                "tasks": n,
+                "ops_per_s": len(latencies) / elapsed,
+                "p50_us": latencies[len(latencies) // 2] / 1000,
+                "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
+            }
+        )
+    await resolver.aclose()
+    return {"levels": levels}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 1e6
+
+
+async def memory(domains: int, policies: int, shared_ids: bool = True) -> dict[str, Any]:
+    """RSS with ``domains`` cached domains sharing ``policies`` distinct policies, each fetched at its own time.
+
+    ``shared_ids``: domains with the same policy share its TXT id (hosted domains that CNAME their ``_mta-sts``
+    record to their provider's, the usual reason for sharing); otherwise every domain has an id of its own.
+    """
+    gc.collect()
+    before = _rss_mb()
+    resolver = PolicyResolver(clock=_clock, cache_size=domains)
+    distinct = [policy_for(i, policies) for i in range(policies)]
+    for i in range(domains):
+        policy_id = f"20261126id{i % policies}" if shared_ids else f"20261126id{i}"
+        resolver.cache_policy(f"d{i}.bench.example", distinct[i % policies], policy_id, fetched_at=NOW - i % 86400)
+    del distinct
+    gc.collect()
+    after = _rss_mb()
+    stored = resolver._cache.distinct_policies
+    await resolver.aclose()
+    return {
+        "domains": domains,
+        "policies": policies,
+        "shared_ids": shared_ids,
+        "stored_policies": stored,
+        "rss_mb": after,
+        "baseline_mb": before,
+        "bytes_per_entry": (after - before) * 1e6 / domains,
+    }
+
+
+def _world_resolver(world: dict[str, Any], **kwargs: Any) -> PolicyResolver:
+    """A PolicyResolver pointed at the runner's world (DNS server, CA, HTTPS port)."""
+    dns_resolver = dns.asyncresolver.Resolver(configure=False)
+    dns_resolver.nameservers = [world["dns_host"]]
+    dns_resolver.port = world["dns_port"]
+    dns_resolver.lifetime = 10.0
+    dns_resolver.timeout = 5.0  # one try per query, even when the world is busy
+    return PolicyResolver(
+        dns_resolver=dns_resolver,
+        ssl_context=create_client_context(cafile=world["ca_pem_path"]),
+        policy_port=world["https_port"],
+        fetch_timeout=30.0,
+        **kwargs,
+    )
+
+
+async def cold(world: dict[str, Any], domains: list[str], concurrency: int) -> dict[str, Any]:
+    """Wall time to resolve every domain cold (TXT + A + HTTPS GET + parse), ``concurrency`` lookups in flight."""
+    async with _world_resolver(world, cache_size=len(domains) + 1) as resolver:
+        gate = asyncio.Semaphore(concurrency)
+        statuses: dict[str, int] = {}
+
+        async def one(domain: str) -> None:
+            async with gate:
+                lookup = await resolver.lookup(domain)
+            statuses[lookup.status.value] = statuses.get(lookup.status.value, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(domain) for domain in domains))
+        seconds = time.perf_counter() - start
+    ok = statuses.get("fetched", 0)
+    return {"seconds": seconds, "ok": ok, "failed": len(domains) - ok, "statuses": statuses}
+
+
+async def herd(world: dict[str, Any], domain: str, tasks: int) -> dict[str, Any]:
+    """``tasks`` concurrent ``get_policy`` calls for one cold domain (single-flight: one TXT query, one GET)."""
+    async with _world_resolver(world) as resolver:
+        start = time.perf_counter()
+        policies = await asyncio.gather(*(resolver.get_policy(domain) for _ in range(tasks)))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "ok": sum(policy is not None for policy in policies)}

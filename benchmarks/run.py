@@ -1,0 +1,368 @@
+"""The benchmark runner: mtasts side by side with postfix-mta-sts-resolver, in one run, as ratios.
+
+    python -m benchmarks [--quick] [--json PATH] [--plot PATH] [--only SECTION ...]
+
+Sections (docs/benchmarks.md says what each measures and why):
+
+* ``hit``    — ns per cached decision (lookup + evaluate): dict, TTLCache, mtasts fast path, ``await
+  get_policy``, the peer's in-process cache hit;
+* ``load``   — N concurrent tasks hammering 10,000 cached domains: throughput, p50, p99 (and a plot);
+* ``cold``   — N distinct cold domains against the loopback world: wall time, DNS queries and HTTPS requests per
+  domain, for both;
+* ``herd``   — 100 tasks asking for one cold domain at once: queries and requests it costs;
+* ``memory`` — RSS with 1,000,000 cached domains sharing 10,000 policies, and with 100,000 distinct ones.
+
+Each measurement runs in a fresh worker process (``benchmarks.workers``); the loopback world (and, for the peer,
+a CONNECT proxy to reach it on port 443) runs here, so both implementations face the same servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .workers import WorldEnv, run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("hit", "load", "cold", "herd", "memory")
+
+
+class Progress:
+    """One status line on stderr (a bar when a total is known); silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.started = time.perf_counter()
+
+    def show(self, label: str, done: int | None = None, total: int | None = None) -> None:
+        elapsed = time.perf_counter() - self.started
+        if done is not None and total:
+            filled = int(30 * min(done, total) / total)
+            bar = f" [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+        else:
+            bar = ""
+        line = f"{elapsed:6.1f}s {label}{bar}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(lines)
+
+
+# -- sections ----------------------------------------------------------------------------------------------------
+
+
+async def section_hit(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    iterations = 300_000 if quick else 2_000_000
+    progress.show("hit: mtasts")
+    mine = await run_worker("mtasts", "hit", {"domains": 10_000, "iterations": iterations})
+    progress.show("hit: peer")
+    peer = await run_worker("peer", "hit", {"domains": 10_000, "iterations": iterations})
+    ns = dict(mine.get("ns_per_op", {}))
+    ns["peer"] = peer.get("ns_per_op")
+    ns["peer_responder"] = peer.get("responder_ns_per_op")
+    rows = [
+        ["dict.get + evaluate", _fmt(ns.get("dict"), " ns"), _ratio(ns.get("dict"), ns.get("ttlcache")), ""],
+        ["TTLCache.get + evaluate", _fmt(ns.get("ttlcache"), " ns"), "1.00x", ""],
+        ["mtasts cached_policy + evaluate", _fmt(ns.get("fast_path"), " ns"),
+         _ratio(ns.get("fast_path"), ns.get("ttlcache")), "goal <= 3x TTLCache"],
+        ["mtasts await get_policy + evaluate", _fmt(ns.get("get_policy"), " ns"),
+         _ratio(ns.get("get_policy"), ns.get("ttlcache")),
+         f"peer / mtasts = {_ratio(ns.get('peer'), ns.get('get_policy'))} (goal >= 10x)"],
+        ["peer cache.get + is_stale + answer", _fmt(ns.get("peer"), " ns"), _ratio(ns.get("peer"), ns.get("ttlcache")),
+         peer.get("error", "")],
+        ["peer responder.process_request", _fmt(ns.get("peer_responder"), " ns"),
+         _ratio(ns.get("peer_responder"), ns.get("ttlcache")),
+         f"peer / mtasts = {_ratio(ns.get('peer_responder'), ns.get('get_policy'))}"],
+    ]  # fmt: skip
+    ctx["tables"].append(_table("Cached hit, in process (ns per decision, lower is better)",
+                                ["what", "ns/op", "vs TTLCache", "note"], rows))  # fmt: skip
+    return {"hit_ns": {k: v for k, v in ns.items() if v is not None}, "hit_errors": _errors(mine, peer)}
+
+
+async def section_load(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    tasks = [1, 10, 100, 1000]
+    ops = 200_000 if quick else 1_000_000
+    progress.show("load: mtasts (refresher running)")
+    mine = await run_worker("mtasts", "load", {"domains": 10_000, "tasks": tasks, "ops": ops})
+    progress.show("load: peer")
+    peer = await run_worker("peer", "load", {"domains": 10_000, "tasks": tasks, "ops": ops})
+    rows = []
+    mine_levels = {lv["tasks"]: lv for lv in mine.get("levels", []) if "ops_per_s" in lv}
+    peer_levels = {lv["tasks"]: lv for lv in peer.get("levels", []) if "ops_per_s" in lv}
+    for n in tasks:
+        m, p = mine_levels.get(n, {}), peer_levels.get(n, {})
+        rows.append([
+            str(n),
+            _fmt(m.get("ops_per_s"), "/s"), _fmt(m.get("p50_us"), " us", 1), _fmt(m.get("p99_us"), " us", 1),
+            _fmt(p.get("ops_per_s"), "/s"), _fmt(p.get("p50_us"), " us", 1), _fmt(p.get("p99_us"), " us", 1),
+            _ratio(m.get("ops_per_s"), p.get("ops_per_s")),
+        ])  # fmt: skip
+    ctx["tables"].append(_table(
+        "Under load: N tasks over 10,000 cached domains (decisions per second; mtasts with its refresher running)",
+        ["tasks", "mtasts ops", "p50", "p99", "peer ops", "p50", "p99", "mtasts/peer"], rows))  # fmt: skip
+    ctx["load_levels"] = {"mtasts": list(mine_levels.values()), "peer": list(peer_levels.values())}
+    return {"load": {"domains": 10_000, "mtasts": list(mine_levels.values()), "peer": list(peer_levels.values())},
+            "load_errors": _errors(mine, peer)}  # fmt: skip
+
+
+async def _with_world(body: Callable[[Any, WorldEnv, Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    from mtasts.testing import World  # noqa: PLC0415 - needs trustme
+
+    from .proxy import ConnectProxy  # noqa: PLC0415
+
+    async with World() as world, ConnectProxy(world.host, world.https_port) as proxy:
+        env = WorldEnv(world.host, world.dns_port, world.https_port, world.ca_pem_path, proxy.url)
+        return await body(world, env, proxy)
+
+
+def _peer_env(env: WorldEnv) -> dict[str, str]:
+    assert env.proxy_url is not None
+    return {"SSL_CERT_FILE": env.ca_pem_path, "https_proxy": env.proxy_url, "HTTPS_PROXY": env.proxy_url}
+
+
+def _counts(world: Any, domains: list[str]) -> dict[str, int]:
+    txt = sum(world.queries(f"_mta-sts.{d}", "TXT") for d in domains)
+    addresses = sum(world.queries(f"mta-sts.{d}", "A") + world.queries(f"mta-sts.{d}", "AAAA") for d in domains)
+    https = sum(world.requests(f"mta-sts.{d}") for d in domains)
+    return {"txt_queries": txt, "address_queries": addresses, "https_requests": https}
+
+
+async def _watch(world: Any, total: int, label: str, progress: Progress, task: Awaitable[dict[str, Any]]) -> Any:
+    job = asyncio.ensure_future(task)
+    while not job.done():
+        progress.show(label, sum(world.http_requests.values()), total)
+        await asyncio.sleep(0.5)
+    return job.result()
+
+
+async def section_cold(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    count = 1_000 if quick else 10_000
+    concurrency = 100
+    domains = [f"c{i}.cold.example" for i in range(count)]
+
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+        for i, domain in enumerate(domains):
+            world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.p{i % 100}.example\nmax_age: 604800\n",
+                          id=f"20261126c{i}")  # fmt: skip
+        progress.show(f"cold: issuing {count} certificates in the world (not timed)")
+        for i, domain in enumerate(domains):
+            world.server_ssl_context(f"mta-sts.{domain}")
+            if i % 500 == 0:
+                progress.show("cold: issuing certificates (not timed)", i, count)
+                await asyncio.sleep(0)
+        results = {}
+        for impl, extra_env in [("mtasts", {}), ("peer", _peer_env(env))]:
+            world.reset_counters()
+            args = {"world": env.to_json(), "domains": domains, "concurrency": concurrency}
+            result = await _watch(world, count, f"cold: {impl}", progress,
+                                  run_worker(impl, "cold", args, env=extra_env))  # fmt: skip
+            results[impl] = {**result, **_counts(world, domains)}
+        return results
+
+    results = await _with_world(body)
+    m, p = results["mtasts"], results["peer"]
+    rows = []
+    for name, r in [("mtasts", m), ("peer", p)]:
+        rows.append([
+            name, _fmt(r.get("seconds"), " s", 2), _fmt(r.get("cpu_seconds"), " s", 2), f"{r.get('ok', 0)}/{count}",
+            _fmt(r["txt_queries"] / count, "", 3), _fmt(r["address_queries"] / count, "", 3),
+            _fmt(r["https_requests"] / count, "", 3), r.get("error", ""),
+        ])  # fmt: skip
+    ctx["tables"].append(_table(
+        f"Cold at scale: {count:,} distinct domains, {concurrency} lookups in flight, same loopback world "
+        "(per domain: goal exactly 1 TXT + 1 A/AAAA + 1 GET)",
+        ["impl", "wall", "client CPU", "valid", "TXT/domain", "A+AAAA/domain", "GET/domain", "note"],
+        rows))  # fmt: skip
+    return {
+        "cold": {
+            "domains": count, "concurrency": concurrency, "seconds": m.get("seconds"),
+            "txt_queries": m["txt_queries"], "address_queries": m["address_queries"],
+            "https_requests": m["https_requests"], "ok": m.get("ok"),
+            "peer_seconds": p.get("seconds"), "peer_txt_queries": p["txt_queries"],
+            "peer_address_queries": p["address_queries"], "peer_https_requests": p["https_requests"],
+            "peer_ok": p.get("ok"), "peer_note": "the peer reaches port 443 through a CONNECT proxy (no A query)",
+            "cpu_seconds": m.get("cpu_seconds"), "peer_cpu_seconds": p.get("cpu_seconds"),
+        },
+        "cold_errors": _errors(m, p),
+    }  # fmt: skip
+
+
+async def section_herd(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    tasks = 100
+
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+        results = {}
+        for impl, extra_env in [("mtasts", {}), ("peer", _peer_env(env))]:
+            domain = f"herd-{impl}.example"
+            world.publish(domain, "version: STSv1\nmode: enforce\nmx: *.herd.example\nmax_age: 604800\n", id="h1")
+            world.server_ssl_context(f"mta-sts.{domain}")
+            world.reset_counters()
+            progress.show(f"herd: {impl}, {tasks} tasks on one cold domain")
+            result = await run_worker(impl, "herd", {"world": env.to_json(), "domain": domain, "tasks": tasks},
+                                      env=extra_env)  # fmt: skip
+            results[impl] = {**result, **_counts(world, [domain])}
+        return results
+
+    results = await _with_world(body)
+    m, p = results["mtasts"], results["peer"]
+    rows = [
+        [name, str(r["txt_queries"]), str(r["address_queries"]), str(r["https_requests"]),
+         _fmt(r.get("seconds"), " s", 3), r.get("error", "")]
+        for name, r in [("mtasts", m), ("peer", p)]
+    ]  # fmt: skip
+    ctx["tables"].append(_table(f"Thundering herd: {tasks} tasks ask for one cold domain at once (goal: 1 TXT, 1 GET)",
+                                ["impl", "TXT", "A+AAAA", "GET", "wall", "note"], rows))  # fmt: skip
+    return {"herd": {"tasks": tasks, "txt_queries": m["txt_queries"], "https_requests": m["https_requests"],
+                     "address_queries": m["address_queries"], "peer_txt_queries": p["txt_queries"],
+                     "peer_https_requests": p["https_requests"]}, "herd_errors": _errors(m, p)}  # fmt: skip
+
+
+async def section_memory(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    scenarios = [(1_000_000, 10_000, True), (1_000_000, 10_000, False), (100_000, 100_000, False)]
+    rows, mine_results, peer_results = [], [], []
+    for domains, policies, shared in scenarios:
+        progress.show(f"memory: mtasts, {domains:,} domains / {policies:,} policies")
+        mine = await run_worker("mtasts", "memory", {"domains": domains, "policies": policies, "shared_ids": shared})
+        mine_results.append(mine)
+        peer: dict[str, Any] = {}
+        if shared or domains == policies:  # the peer has no ids to share: one run per (domains, policies)
+            progress.show(f"memory: peer, {domains:,} domains / {policies:,} policies")
+            peer = await run_worker("peer", "memory", {"domains": domains, "policies": policies})
+            peer_results.append({"domains": domains, "policies": policies, **peer})
+        rows.append([
+            f"{domains:,} domains / {policies:,} policies" + (", ids shared" if shared else ", own ids"),
+            _fmt(mine.get("rss_mb"), " MB", 1), _fmt(mine.get("bytes_per_entry"), " B"),
+            _fmt(mine.get("stored_policies")),
+            _fmt(peer.get("rss_mb"), " MB", 1) if peer else "-",
+            _fmt(peer.get("bytes_per_entry"), " B") if peer else "-",
+        ])  # fmt: skip
+    ctx["tables"].append(_table("Memory: process RSS after caching (goal: 1M domains / 10k policies <= 250 MB total)",
+                                ["scenario", "mtasts RSS", "per entry", "policies stored", "peer RSS", "per entry"],
+                                rows))  # fmt: skip
+    headline = mine_results[0]
+    return {
+        "memory": {"domains": headline.get("domains"), "policies": headline.get("policies"),
+                   "rss_mb": headline.get("rss_mb"), "bytes_per_entry": headline.get("bytes_per_entry"),
+                   "scenarios": mine_results, "peer": peer_results},
+    }  # fmt: skip
+
+
+def _errors(*results: dict[str, Any]) -> list[str]:
+    return [str(r["error"]) for r in results if isinstance(r, dict) and r.get("error")]
+
+
+def plot(levels: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """Throughput and p99 vs concurrency for mtasts and the peer (needs matplotlib)."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in levels.items():
+        if not rows:
+            continue
+        tasks = [r["tasks"] for r in rows]
+        left.plot(tasks, [r["ops_per_s"] / 1000 for r in rows], marker="o", label=name)
+        right.plot(tasks, [r["p99_us"] for r in rows], marker="o", label=name)
+    for axis, label in [(left, "thousand decisions / s"), (right, "p99 latency (us)")]:
+        axis.set_xscale("log")
+        axis.set_xlabel("concurrent tasks")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    left.set_title("Throughput, 10,000 cached domains")
+    right.set_title("p99 latency")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    progress = Progress()
+    ctx: dict[str, Any] = {"tables": []}
+    peer = await run_worker("peer", "version", {})
+    report: dict[str, Any] = {
+        "quick": args.quick,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "peer": peer,
+    }
+    sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+        "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "memory": section_memory,
+    }  # fmt: skip
+    for name in args.only or SECTIONS:
+        report.update(await sections[name](ctx, args.quick, progress))
+    progress.done()
+    report["seconds"] = time.perf_counter() - progress.started
+    peer_name = f"{peer.get('name', '?')} {peer.get('version', peer.get('error', ''))}"
+    mode = "quick" if args.quick else "full"
+    print(
+        f"mtasts benchmarks ({mode}) — Python {platform.python_version()}, {os.cpu_count()} CPUs; peer: {peer_name}\n"
+    )
+    print("\n\n".join(ctx["tables"]))
+    if "load_levels" in ctx and args.plot:
+        if plot(ctx["load_levels"], Path(args.plot)):
+            print(f"\nplot written to {args.plot}")
+        else:
+            print("\n(matplotlib is not installed: no plot)")
+    print(f"\ntotal {report['seconds']:.0f} s")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under two minutes")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=str(ROOT / "docs" / "benchmarks-load.png"),
+        help="PNG of throughput and p99 vs concurrency (default: docs/benchmarks-load.png)",
+    )
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    args = parser.parse_args(argv)
+    report = asyncio.run(run(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"results written to {args.json}")
+    return 0
