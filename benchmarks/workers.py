@@ -2,9 +2,9 @@
 
 Each implementation module (``benchmarks.mtasts_impl``, ``benchmarks.peer_impl``) exposes async functions
 (``hit``, ``load``, ``cold``, ``herd``, ``memory``) taking JSON-able keyword arguments and returning a JSON-able
-dict. ``python -m benchmarks.workers IMPL COMMAND ARGS_JSON`` runs one and prints its result as one JSON line;
-:func:`run_worker` does that from the runner, with extra environment variables (the peer needs
-``SSL_CERT_FILE`` and ``https_proxy`` set before aiohttp is imported).
+dict. ``python -m benchmarks.workers IMPL COMMAND ARGS_JSON`` (``-``: the JSON comes on stdin) runs one and
+prints its result as one JSON line; :func:`run_worker` does that from the runner, with extra environment
+variables (the peer needs ``SSL_CERT_FILE`` and ``https_proxy`` set before aiohttp is imported).
 """
 
 from __future__ import annotations
@@ -46,13 +46,14 @@ async def run_worker(
         "benchmarks.workers",
         impl,
         command,
-        json.dumps(args),
+        "-",  # the arguments come on stdin: a list of 10,000 domains does not fit in argv
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(args).encode()), timeout)
     except TimeoutError:
         process.kill()
         await process.wait()
@@ -69,6 +70,8 @@ async def run_worker(
 
 def main(argv: list[str]) -> int:
     impl, command, raw_args = argv
+    if raw_args == "-":
+        raw_args = sys.stdin.read()
     module = importlib.import_module(IMPLEMENTATIONS[impl])
     function = getattr(module, command)
     result = asyncio.run(function(**json.loads(raw_args)))

@@ -45,7 +45,9 @@ from .cache import CacheEntry, ExpiringCache, PolicyCache
 from .domain import is_address_literal, normalize_domain
 from .errors import MTASTSError
 from .fetch import PolicyFetcher
-from .policy import Mode, Policy
+from .policy import Mode, Policy, parse_policy
+from .stores._base import PolicyStore, StoredPolicy
+from .stores._link import StoreLink
 from .tls import create_client_context, ensure_strict
 from .txt import select_txt_record
 
@@ -118,6 +120,20 @@ class NotCached(enum.Enum):
 NOT_CACHED: Final = NotCached.TOKEN
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """The last failed fetch of a domain: no new fetch of ``policy_id`` before ``retry_after`` (§3.3)."""
+
+    policy_id: str
+    result_type: str | None
+    error: str
+    retry_after: float
+
+
+def _failure_expiry(key: str, failure: _Failure, now: float) -> float:
+    return failure.retry_after
+
+
 @dataclass(slots=True)
 class _Checked:
     """Outcome of one TXT query (the cache decision table's input)."""
@@ -151,6 +167,8 @@ class PolicyResolver:
         negative_cache_size: int = 100_000,
         on_fetch_failure: Callable[[FetchFailure], object] | None = None,
         on_refresh_failure: Callable[[FetchFailure], object] | None = None,
+        store: PolicyStore | None = None,
+        store_retry: float = 30.0,
     ) -> None:
         for name, value in [
             ("fetch_timeout", fetch_timeout),
@@ -159,6 +177,7 @@ class PolicyResolver:
             ("txt_check_interval", txt_check_interval),
             ("dns_error_ttl", dns_error_ttl),
             ("refresh_interval", refresh_interval),
+            ("store_retry", store_retry),
         ]:
             if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
                 raise MTASTSError(f"{name} must be a finite number >= 0, not {value!r}")
@@ -191,10 +210,13 @@ class PolicyResolver:
         self._cache_policies = self._cache.policies
         # domain -> PolicyLookup for NO_POLICY / DNS_ERROR answers (TTL chosen per item below)
         self._negative: ExpiringCache[PolicyLookup] = ExpiringCache(negative_cache_size)
-        # (domain, id) -> (result_type, error) for failed fetches (§3.3 backoff per version id)
-        self._failures: cachetools.TTLCache[tuple[str, str], tuple[str | None, str]] = cachetools.TTLCache(
-            maxsize=negative_cache_size, ttl=failure_backoff, timer=clock
+        # domain -> the last failed fetch (its id, result type, retry time): §3.3 back-off per version id
+        self._failures: cachetools.TLRUCache[str, _Failure] = cachetools.TLRUCache(
+            maxsize=negative_cache_size, ttu=_failure_expiry, timer=clock
         )
+        self._failure_backoff = failure_backoff
+        self._store = StoreLink(store, retry_after=store_retry) if store is not None else None
+        self._started: asyncio.Future[None] | None = None
         self._negative_ttl = negative_ttl
         self._dns_error_ttl = dns_error_ttl
         self._txt_check_interval = txt_check_interval
@@ -209,7 +231,24 @@ class PolicyResolver:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> PolicyResolver:
+        await self.start()
         return self
+
+    async def start(self) -> None:
+        """Restore the cache from the store (if any). Called by ``async with`` and, if needed, the first lookup."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._restore())
+        await asyncio.shield(self._started)
+
+    async def _restore(self) -> None:
+        if self._store is None:
+            return
+        now, restored = self.clock(), 0
+        parsed: dict[str, Policy] = {}  # policy text -> policy: domains sharing a policy parse it once
+        async for row in self._store.scan():
+            restored += self._adopt(row, now, parsed)
+        if restored:
+            log.info("restored %d cached policies from the store", restored)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -228,7 +267,12 @@ class PolicyResolver:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
+            await asyncio.gather(self._started, return_exceptions=True)
         await self._fetcher.aclose()
+        if self._store is not None:
+            await self._store.aclose()
 
     # -- the public lookups ----------------------------------------------------------------------------------------
 
@@ -280,6 +324,8 @@ class PolicyResolver:
         key = self._key(domain)
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
+        if self._started is None or not self._started.done():
+            await self.start()
         remembered = self._from_memory(key)
         if remembered is not None:
             return remembered
@@ -294,6 +340,7 @@ class PolicyResolver:
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
         self._negative.pop(key)
+        await self.start()
         return await self._single_flight(key, "recheck", lambda: self._resolve(key))
 
     async def refresh(self, domain: str) -> PolicyLookup:
@@ -302,6 +349,7 @@ class PolicyResolver:
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
         self._negative.pop(key)
+        await self.start()
         return await self._single_flight(key, "refresh", lambda: self._resolve(key, refresh=True))
 
     async def refresh_due(self, *, limit: int | None = None) -> list[PolicyLookup]:
@@ -354,13 +402,79 @@ class PolicyResolver:
         if policy.max_age > 0:
             self._store_in_cache(key, policy, record.id, when)
             self._negative.pop(key)
+            self._persist(key, checked_at=when)
 
     def _store_in_cache(self, key: str, policy: Policy, policy_id: str, fetched_at: float) -> Policy:
         """Cache a fetched policy; returns the stored (interned) instance."""
         entry = self._cache.put(key, policy, policy_id, fetched_at=fetched_at, fresh_for=self._txt_check_interval)
-        due = entry.fetched_at + min(self._refresh_interval, policy.max_age * 0.75)
-        self._next_refresh_at = min(self._next_refresh_at, due)
+        self._next_refresh_at = min(self._next_refresh_at, entry.fetched_at + self._refresh_after(policy))
         return entry.policy
+
+    def _refresh_after(self, policy: Policy) -> float:
+        """Seconds after a fetch when the proactive refresh is due (a day, or 3/4 of max_age if shorter)."""
+        return min(self._refresh_interval, policy.max_age * 0.75)
+
+    def _mark_checked(self, key: str) -> None:
+        now = self.clock()
+        self._cache.mark_checked(key, now, self._txt_check_interval)
+        self._persist(key, checked_at=now)
+
+    # -- the persistent store ----------------------------------------------------------------------------------
+
+    def _persist(self, key: str, *, checked_at: float | None = None) -> None:
+        """Queue the domain's current state (cached policy, last failure) for the store; delete if none."""
+        if self._store is None:
+            return
+        entry = self._cache.get(key)
+        failure = self._failures.get(key)
+        if entry is None and failure is None:
+            self._store.delete(key)
+            return
+        self._store.put(
+            StoredPolicy(
+                domain=key,
+                policy_id=entry.policy_id if entry else None,
+                policy_text=entry.policy.to_text() if entry else None,
+                fetched_at=entry.fetched_at if entry else None,
+                checked_at=checked_at if entry and checked_at is not None else (entry.fetched_at if entry else None),
+                expires_at=entry.expires_at if entry else None,
+                failed_id=failure.policy_id if failure else None,
+                failure=failure.result_type if failure else None,
+                failure_detail=failure.error[:500] if failure else None,
+                retry_after=failure.retry_after if failure else None,
+            )
+        )
+
+    def _adopt(self, row: StoredPolicy, now: float, parsed: dict[str, Policy]) -> int:
+        """Take a stored row into memory (a live policy, a running back-off). Returns 1 if a policy was adopted.
+
+        Rows that cannot be trusted (a domain not in normal form, an invalid id or policy) are skipped, logged
+        and deleted: the domain is simply fetched again.
+        """
+        try:
+            key = normalize_domain(row.domain)
+            if key != row.domain:
+                raise MTASTSError("domain not in normal form")
+            if row.failed_id and row.retry_after is not None and row.retry_after > now:
+                self._failures[key] = _Failure(row.failed_id, row.failure, row.failure_detail or "", row.retry_after)
+            if not row.has_policy or row.expires_at is None or row.expires_at <= now:
+                return 0
+            assert row.policy_text is not None and row.policy_id is not None and row.fetched_at is not None
+            policy = parsed.get(row.policy_text)
+            if policy is None:
+                policy = parsed[row.policy_text] = parse_policy(row.policy_text)
+            if select_txt_record([f"v=STSv1; id={row.policy_id};"]) is None:
+                raise MTASTSError(f"invalid id {row.policy_id!r}")
+        except MTASTSError as exc:
+            log.warning("ignoring an unreadable stored policy for %r: %s", row.domain[:100], exc)
+            if self._store is not None and isinstance(row.domain, str):
+                self._store.delete(row.domain)
+            return 0
+        checked = row.checked_at if row.checked_at is not None else row.fetched_at
+        self._cache.put(key, policy, row.policy_id, fetched_at=row.fetched_at,
+                        fresh_for=checked - row.fetched_at + self._txt_check_interval)  # fmt: skip
+        self._next_refresh_at = min(self._next_refresh_at, row.fetched_at + self._refresh_after(policy))
+        return 1
 
     # -- introspection -------------------------------------------------------------------------------------------
 
@@ -437,16 +551,29 @@ class PolicyResolver:
         """The cache decision table (module docs). Never raises for failures of the domain."""
         now = self.clock()
         entry = self._cache.get(key)
+        if self._store is not None and (entry is None or refresh):
+            # Another process (or this one, before a restart or an eviction) may have fetched it.
+            row = await self._store.get(key)
+            if row is not None and (entry is None or (row.fetched_at or 0) > entry.fetched_at):
+                self._adopt(row, now, {})
+                adopted = self._cache.get(key)
+                if adopted is not None and not adopted.is_expired(now):
+                    entry = adopted
+                    if refresh and now < entry.fetched_at + self._refresh_after(entry.policy):
+                        return self._cached_lookup(key, entry)  # refreshed elsewhere already
+                    if not refresh and now < entry.fresh_until:
+                        return self._cached_lookup(key, entry)  # fetched elsewhere, TXT checked recently
         if entry is not None and entry.is_expired(now):
             self._cache.pop(key)  # §3.3: an expired policy is never used, not even as a fallback
             entry = None
+            self._persist(key)
 
         checked = await self._check_txt(key)
         answer = checked.answer
         if checked.policy_id is None:
             # No usable TXT record: NXDOMAIN, NODATA, no or several STS records, invalid, SERVFAIL, timeout.
             if entry is not None:
-                self._cache.mark_checked(key, self.clock(), self._txt_check_interval)
+                self._mark_checked(key)
                 if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
                     return self._cached_lookup(key, entry, error=answer.error or _why_no_record(answer))
                 return await self._fetch(key, entry.policy_id, entry, refresh=True)
@@ -460,27 +587,32 @@ class PolicyResolver:
 
         policy_id = checked.policy_id
         if entry is not None and entry.policy_id == policy_id and not refresh:
-            self._cache.mark_checked(key, self.clock(), self._txt_check_interval)  # §3: same id, no fetch
+            self._mark_checked(key)  # §3: same id, nothing to fetch
             return self._cached_lookup(key, entry)
         return await self._fetch(key, policy_id, entry, refresh=refresh)
 
     async def _fetch(self, key: str, policy_id: str, entry: CacheEntry | None, *, refresh: bool) -> PolicyLookup:
         """Fetch the policy for (key, policy_id); on failure keep ``entry`` untouched (C7)."""
-        remembered = self._failures.get((key, policy_id))
-        if remembered is not None:  # §3.3: no new attempt for this version id during the backoff
-            result_type, error = remembered
-            return self._failed(key, policy_id, entry, result_type, error, notify=False, refresh=refresh)
+        failure = self._failures.get(key)
+        if failure is not None and failure.policy_id == policy_id:
+            # §3.3: no new attempt for this version id during the back-off
+            return self._failed(
+                key, policy_id, entry, failure.result_type, failure.error, notify=False, refresh=refresh
+            )
         try:
             policy = await self._fetcher.fetch(key)
         except MTASTSError as exc:
-            self._failures[(key, policy_id)] = (exc.result_type, exc.message)
+            retry = self.clock() + self._failure_backoff
+            self._failures[key] = _Failure(policy_id, exc.result_type, exc.message, retry)
             return self._failed(key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh)
         fetched_at = self.clock()
         self._negative.pop(key)
+        self._failures.pop(key, None)
         if policy.max_age > 0:
             policy = self._store_in_cache(key, policy, policy_id, fetched_at)
         else:
             self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached
+        self._persist(key, checked_at=fetched_at)
         return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, fetched_at)
 
     def _failed(
@@ -495,7 +627,9 @@ class PolicyResolver:
         refresh: bool,
     ) -> PolicyLookup:
         if entry is not None:
-            self._cache.mark_checked(key, self.clock(), self._txt_check_interval)
+            self._mark_checked(key)
+        elif notify:
+            self._persist(key)  # the failure (and its back-off) is worth sharing even with nothing cached
         if notify:
             self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
         if entry is not None:  # §3.3 MUST: the valid cached policy applies

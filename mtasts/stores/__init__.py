@@ -1,0 +1,45 @@
+"""Persistent policy stores behind the resolver's in-memory cache (RFC 8461 §3.3, §10).
+
+* :class:`MemoryStore` — a dict (tests; resolvers sharing a process).
+* :class:`SQLiteStore` — the embedded default: one file, WAL, several processes.
+* :class:`RedisStore` — for fleets (extra ``redis``); imported on first use.
+
+See docs/stores.md for choosing one, the schema and the failure behaviour.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from ._base import PolicyStore, StoredPolicy
+from .memory import MemoryStore
+from .sqlite import SQLiteStore, default_path
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = ["MemoryStore", "PolicyStore", "RedisStore", "SQLiteStore", "StoredPolicy", "default_path", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        return import_module(".redis", __name__).RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_store(spec: str) -> PolicyStore:
+    """A store from a command-line spec: ``memory``, ``sqlite`` (the default file), ``sqlite:PATH``,
+    ``redis://...`` / ``rediss://...``."""
+    from ..errors import MTASTSError  # noqa: PLC0415 - keep the package import light
+
+    if spec == "memory":
+        return MemoryStore()
+    if spec == "sqlite":
+        return SQLiteStore()
+    if spec.startswith("sqlite:"):
+        return SQLiteStore(spec.removeprefix("sqlite:"))
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        store: PolicyStore = import_module(".redis", __name__).RedisStore(spec)
+        return store
+    raise MTASTSError(f"unknown store {spec!r}: memory, sqlite, sqlite:PATH or redis://HOST:PORT/DB")

@@ -1,0 +1,150 @@
+"""The resolver's side of a persistent store: write-behind batches, outages, restore.
+
+* Writes are queued (the latest state per domain wins) and written by one task in batches, off the lookup path;
+  :meth:`StoreLink.flush` writes what is pending now.
+* Any exception from the store is an outage: logged once (WARNING), reads are skipped and writes kept pending
+  until ``retry_after`` seconds have passed; then the store is tried again, and the recovery is logged (INFO).
+  Nothing raises into the caller, and memory keeps serving — enforcement never weakens because a store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from ._base import PolicyStore, StoredPolicy
+
+__all__ = ["StoreLink"]
+
+log = logging.getLogger("mtasts.stores")
+
+
+class StoreLink:
+    """Wraps a :class:`PolicyStore` for the resolver (see the module docs)."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        *,
+        retry_after: float = 30.0,
+        batch_delay: float = 0.05,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._retry_after = retry_after
+        self._batch_delay = batch_delay
+        self._monotonic = monotonic  # outage timing only (not a cache decision)
+        self._pending: dict[str, StoredPolicy | None] = {}  # domain -> row to put, or None to delete
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._down_until: float | None = None
+        self.outages = 0
+        self.written = 0
+
+    # -- outage state -------------------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._down_until is None or self._monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self._down_until is None:
+            self.outages += 1
+            log.warning(
+                "policy store %s failed (%s: %s): serving from memory, retrying every %g s",
+                what, type(exc).__name__, exc, self._retry_after,
+            )  # fmt: skip
+        self._down_until = self._monotonic() + self._retry_after
+
+    def _succeeded(self) -> None:
+        if self._down_until is not None:
+            log.info("policy store is back; %d pending writes follow", len(self._pending))
+            self._down_until = None
+
+    # -- reads --------------------------------------------------------------------------------------------------
+
+    async def get(self, domain: str) -> StoredPolicy | None:
+        """The stored row, or None (none stored, unreadable, or the store is down)."""
+        if not self.available:
+            return None
+        try:
+            row = await self.store.get(domain)
+        except Exception as exc:
+            self._failed("read", exc)
+            return None
+        self._succeeded()
+        return row
+
+    async def scan(self) -> AsyncIterator[StoredPolicy]:
+        """Every stored row; stops quietly (after logging) if the store fails."""
+        if not self.available:
+            return
+        try:
+            async for row in self.store.scan():
+                yield row
+        except Exception as exc:
+            self._failed("scan", exc)
+            return
+        self._succeeded()
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    def put(self, row: StoredPolicy) -> None:
+        self._pending[row.domain] = row
+        self._kick()
+
+    def delete(self, domain: str) -> None:
+        self._pending[domain] = None
+        self._kick()
+
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def flush(self) -> bool:
+        """Write everything pending now; True when nothing is left pending."""
+        if not self._pending:
+            return True
+        if not self.available:
+            return False
+        batch, self._pending = self._pending, {}
+        puts = [row for row in batch.values() if row is not None]
+        deletes = [domain for domain, row in batch.items() if row is None]
+        try:
+            await self.store.write(puts, deletes)
+        except Exception as exc:
+            for domain, row in batch.items():  # keep them, unless something newer came meanwhile
+                self._pending.setdefault(domain, row)
+            self._failed("write", exc)
+            return False
+        self.written += len(batch)
+        self._succeeded()
+        return not self._pending
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._batch_delay)  # gather a batch
+            if not await self.flush():
+                delay = max(0.0, (self._down_until or 0.0) - self._monotonic())
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def aclose(self, *, close_store: bool = True) -> None:
+        """Stop the writer, make one last attempt to write what is pending, close the store."""
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        self._down_until = None  # one last try, even during an outage
+        if not await self.flush():
+            log.warning("policy store: %d writes could not be saved at close", len(self._pending))
+        if close_store:
+            try:
+                await self.store.aclose()
+            except Exception as exc:
+                log.warning("policy store close failed: %s: %s", type(exc).__name__, exc)

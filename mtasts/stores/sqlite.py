@@ -1,0 +1,181 @@
+"""SQLiteStore: the embedded default — one file, WAL mode, shared safely by several processes.
+
+The standard library's ``sqlite3`` runs on one dedicated thread (never on the event loop). The schema is
+versioned with ``PRAGMA user_version``; a file from a newer mtasts is refused rather than misread. Rows that do
+not parse are skipped (and logged once); the resolver then simply refetches those domains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import MTASTSError
+from ._base import StoredPolicy
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_path"]
+
+log = logging.getLogger("mtasts.stores")
+
+SCHEMA_VERSION = 1
+_COLUMNS = (
+    "domain, policy_id, policy_text, fetched_at, checked_at, expires_at, failed_id, failure, failure_detail, "
+    "retry_after"
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS policies (
+    domain TEXT PRIMARY KEY NOT NULL,
+    policy_id TEXT, policy_text TEXT, fetched_at REAL, checked_at REAL, expires_at REAL,
+    failed_id TEXT, failure TEXT, failure_detail TEXT, retry_after REAL
+) WITHOUT ROWID;
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+_SCAN_BATCH = 5000
+
+
+def default_path() -> Path:
+    """``$XDG_DATA_HOME/mtasts/policies.sqlite3`` (default ``~/.local/share/mtasts/policies.sqlite3``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "mtasts" / "policies.sqlite3"
+
+
+def _row(values: tuple[Any, ...]) -> StoredPolicy | None:
+    """A StoredPolicy from a row, or None when the row holds something else (foreign or corrupt data)."""
+    try:
+        domain, policy_id, text, fetched, checked, expires, failed_id, failure, detail, retry = values
+        for value in (domain, policy_id, text, failed_id, failure, detail):
+            if value is not None and not isinstance(value, str):
+                return None
+        times = [None if t is None else float(t) for t in (fetched, checked, expires, retry)]
+        if not domain:
+            return None
+        return StoredPolicy(domain, policy_id, text, times[0], times[1], times[2], failed_id, failure, detail, times[3])
+    except (ValueError, TypeError):
+        return None
+
+
+class SQLiteStore:
+    """A :class:`~mtasts.stores.PolicyStore` in an SQLite file (default: :func:`default_path`)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self._timeout = timeout
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtasts-sqlite")
+        self._connection: sqlite3.Connection | None = None
+        self._skipped = 0
+
+    # -- the worker thread ------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            try:
+                version = connection.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise MTASTSError(
+                        f"{self.path}: schema version {version} is newer than this mtasts ({SCHEMA_VERSION})"
+                    )
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(_SCHEMA)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    def _reset(self) -> None:
+        """Drop the connection after an error, so the next call reconnects."""
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+    def _get(self, domain: str) -> StoredPolicy | None:
+        try:
+            values = self._connect().execute(f"SELECT {_COLUMNS} FROM policies WHERE domain = ?", (domain,)).fetchone()
+        except sqlite3.Error:
+            self._reset()
+            raise
+        return None if values is None else self._checked(_row(values))
+
+    def _write(self, puts: Sequence[StoredPolicy], deletes: Sequence[str]) -> None:
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("DELETE FROM policies WHERE domain = ?", [(d,) for d in deletes])
+            connection.executemany(
+                f"INSERT OR REPLACE INTO policies ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.domain, r.policy_id, r.policy_text, r.fetched_at, r.checked_at, r.expires_at, r.failed_id,
+                     r.failure, r.failure_detail, r.retry_after)
+                    for r in puts
+                ],
+            )  # fmt: skip
+            connection.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            self._reset()
+            raise
+
+    def _scan_batch(self, after: str | None) -> tuple[list[StoredPolicy], str | None]:
+        query = f"SELECT {_COLUMNS} FROM policies WHERE domain > ? ORDER BY domain LIMIT ?"
+        try:
+            rows = self._connect().execute(query, (after or "", _SCAN_BATCH)).fetchall()
+        except sqlite3.Error:
+            self._reset()
+            raise
+        parsed = [self._checked(_row(values)) for values in rows]
+        last = rows[-1][0] if len(rows) == _SCAN_BATCH else None
+        return [row for row in parsed if row is not None], (str(last) if last is not None else None)
+
+    def _checked(self, row: StoredPolicy | None) -> StoredPolicy | None:
+        if row is None:
+            self._skipped += 1
+            if self._skipped == 1:
+                log.warning("%s: skipping rows that cannot be read (foreign or corrupt data)", self.path)
+        return row
+
+    def _close(self) -> None:
+        self._reset()
+
+    # -- the async interface ----------------------------------------------------------------------------------
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def get(self, domain: str) -> StoredPolicy | None:
+        result: StoredPolicy | None = await self._run(self._get, domain)
+        return result
+
+    async def write(self, puts: Sequence[StoredPolicy], deletes: Sequence[str]) -> None:
+        await self._run(self._write, list(puts), list(deletes))
+
+    async def scan(self) -> AsyncIterator[StoredPolicy]:
+        after: str | None = None
+        while True:
+            rows, after = await self._run(self._scan_batch, after)
+            for row in rows:
+                yield row
+            if after is None:
+                return
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            await self._run(self._close)
+            self._executor.shutdown(wait=True)
+
+    @property
+    def skipped_rows(self) -> int:
+        return self._skipped
