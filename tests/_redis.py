@@ -1,7 +1,8 @@
 """A throw-away redis-server on a loopback port, for tests: ``async with redis_server() as server: ...``.
 
 No persistence (``--save "" --appendonly no``), its own temporary directory, stopped and removed on exit.
-``server.stop()`` and ``server.start()`` simulate an outage and a restart on the same port. Set
+``server.stop()`` and ``server.start()`` simulate an outage and a restart on the same port, ``server.pause()``
+and ``server.resume()`` a hung server. Set
 ``MTASTS_REDIS_SERVER`` to use another binary; a missing binary fails the test (it is never skipped).
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -71,6 +73,16 @@ class RedisServer:
                 raise RuntimeError(f"redis-server on port {self.port} did not start:\n{tail}")
             await asyncio.sleep(0.02)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause` (SIGCONT)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGCONT)
+
     async def stop(self) -> None:
         """Terminate the server and wait for it (killed if it takes longer than a few seconds)."""
         process, self._process = self._process, None
@@ -78,6 +90,7 @@ class RedisServer:
             return
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
                 process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)

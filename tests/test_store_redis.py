@@ -241,6 +241,22 @@ async def test_outage_fails_fast_and_the_store_reconnects(server: RedisServer, s
     assert [row.domain async for row in store.scan()] == ["after.example"]
 
 
+async def test_a_hung_server_times_out(server: RedisServer, clock: FakeClock) -> None:
+    store = RedisStore(server.url, clock=clock, socket_timeout=0.5)
+    try:
+        await store.write([policy_row("a.example")], [])
+        server.pause()
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await store.get("a.example")
+        assert time.monotonic() - started < 1.5
+        server.resume()
+        assert await store.get("a.example") == policy_row("a.example")
+    finally:
+        server.resume()
+        await store.aclose()
+
+
 async def test_aclose_is_idempotent_and_releases_the_pool(server: RedisServer, raw: redis.asyncio.Redis) -> None:
     await RedisStore(server.url).aclose()  # never used
     with warnings.catch_warnings(record=True) as caught:

@@ -22,7 +22,8 @@ does not match the key, a key of another Redis type) are skipped — ``get`` ret
 store. Redis errors (:class:`redis.exceptions.ConnectionError`, :class:`redis.exceptions.TimeoutError`, other
 :class:`redis.exceptions.RedisError`) propagate unchanged; the resolver logs them and serves from memory. Socket
 timeouts bound every call, a broken pooled connection is retried once at once (so a restarted server is picked
-up by the next call) and a dead server fails fast. :meth:`RedisStore.aclose` never raises.
+up by the next call) and a dead server fails fast; a write that timed out may or may not have been applied
+(all of it or none). :meth:`RedisStore.aclose` never raises; using the store after it raises RuntimeError.
 """
 
 from __future__ import annotations
