@@ -70,6 +70,7 @@ class SQLiteStore:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtasts-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._skipped = 0
+        self._closed = False
 
     # -- the worker thread ------------------------------------------------------------------------------------
 
@@ -172,9 +173,11 @@ class SQLiteStore:
                 return
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            await self._run(self._close)
-            self._executor.shutdown(wait=True)
+        if self._closed:
+            return
+        self._closed = True
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
 
     @property
     def skipped_rows(self) -> int:
