@@ -15,6 +15,7 @@ import asyncio
 import collections
 import gc
 import os
+import random
 import statistics
 import time
 from importlib import metadata
@@ -143,7 +144,8 @@ async def hit(domains: int, iterations: int) -> Result:
         zone = responder._default_zone
         is_stale = responder.is_stale
         get = cache.get
-        sequence = [names[i % domains] for i in range(iterations)]
+        order = random.Random(42).sample(range(domains), domains)  # the same shuffled order as mtasts' hit
+        sequence = [names[order[i % domains]] for i in range(iterations)]
         requests = [SOCKETMAP_NAME + b" " + name.encode() for name in sequence]
 
         async def decisions() -> tuple[int, int]:

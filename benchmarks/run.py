@@ -10,7 +10,8 @@ Sections (docs/benchmarks.md says what each measures and why):
 * ``cold``   — N distinct cold domains against the loopback world: wall time, DNS queries and HTTPS requests per
   domain, for both;
 * ``herd``   — 100 tasks asking for one cold domain at once: queries and requests it costs;
-* ``memory`` — RSS with 1,000,000 cached domains sharing 10,000 policies, and with 100,000 distinct ones.
+* ``memory`` — RSS with 1,000,000 cached domains sharing 10,000 policies, and with 100,000 distinct ones;
+* ``stores`` — restoring 100,000 entries from each store at start-up, and the hit with a store behind memory.
 
 Each measurement runs in a fresh worker process (``benchmarks.workers``); the loopback world (and, for the peer,
 a CONNECT proxy to reach it on port 443) runs here, so both implementations face the same servers.
@@ -32,7 +33,7 @@ from typing import Any
 from .workers import WorldEnv, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hit", "load", "cold", "herd", "memory")
+SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores")
 
 
 class Progress:
@@ -283,6 +284,38 @@ async def section_memory(ctx: dict[str, Any], quick: bool, progress: Progress) -
     }  # fmt: skip
 
 
+async def section_stores(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    import tempfile  # noqa: PLC0415
+
+    from mtasts.testing.redis import redis_server  # noqa: PLC0415
+
+    entries = 100_000
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mtasts-bench-") as directory:
+        for kind in ("memory", "sqlite", "redis"):
+            progress.show(f"stores: {kind}, restoring {entries:,} entries")
+            args: dict[str, Any] = {"kind": kind, "entries": entries, "path": f"{directory}/policies.sqlite3"}
+            if kind == "redis":
+                try:
+                    async with redis_server() as server:
+                        result = await run_worker("mtasts", "stores", {**args, "url": server.url})
+                except FileNotFoundError as exc:
+                    result = {"kind": kind, "error": str(exc)}
+            else:
+                result = await run_worker("mtasts", "stores", args)
+            results.append({"kind": kind, **result})
+    base = results[0].get("hit_ns")
+    rows = [
+        [r["kind"], _fmt(r.get("restore_seconds"), " s", 2), _fmt(r.get("restored")),
+         _fmt(r.get("hit_ns"), " ns"), _ratio(r.get("hit_ns"), base), r.get("error", "")]
+        for r in results
+    ]  # fmt: skip
+    ctx["tables"].append(_table(
+        f"Stores: cold-start restore of {entries:,} entries, then the cached hit with the store behind memory",
+        ["store", "restore", "restored", "get_policy + evaluate", "vs memory", "note"], rows))  # fmt: skip
+    return {"stores": results}
+
+
 def _errors(*results: dict[str, Any]) -> list[str]:
     return [str(r["error"]) for r in results if isinstance(r, dict) and r.get("error")]
 
@@ -329,6 +362,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "memory": section_memory,
+        "stores": section_stores,
     }  # fmt: skip
     for name in args.only or SECTIONS:
         report.update(await sections[name](ctx, args.quick, progress))
