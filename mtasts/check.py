@@ -1,18 +1,314 @@
-"""``mtasts check DOMAIN``: what a sender would make of a domain's MTA-STS (and TLS-RPT) setup."""
+"""``mtasts check DOMAIN``: what a sending MTA makes of a domain's MTA-STS (and TLS-RPT) setup, step by step.
+
+Looks everything up live (or in any world given by ``--nameserver`` / ``--cafile`` / ``--policy-port``): the
+``_mta-sts`` TXT record(s) (RFC 8461 §3.1), the policy URL, HTTP status, media type and certificate (§3.3), the
+parsed policy or the exact parse error with its line (§3.2), the MX hosts and whether each matches (§4.1), with
+``--starttls`` a STARTTLS certificate check on each MX (§4.2), and the ``_smtp._tls`` record (RFC 8460 §3).
+
+``--json`` prints one object (documented in docs/cli.md; keys are only ever added). Exit status: 0 no problems,
+1 problems found, 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import sys
 from typing import Any
 
-__all__ = ["register_cli"]
+import dns.asyncresolver
+
+from . import dns as mtasts_dns
+from .domain import is_address_literal, normalize_domain
+from .errors import MTASTSError, PolicyError, TxtRecordError
+from .fetch import PolicyFetcher
+from .policy import Mode, Policy, parse_policy
+from .results import MX_NOT_IN_STS_POLICY, ResultType
+from .tls import create_client_context
+from .tlsrpt.record import TlsRptRecordError, parse_tlsrpt_record
+from .txt import parse_txt_record, select_txt_record
+
+__all__ = ["check_domain", "register_cli"]
+
+
+def _problem(problems: list[dict[str, Any]], detail: str, result_type: str | None = None) -> None:
+    problems.append({"result_type": result_type, "detail": detail})
+
+
+def _certificate(cert: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parts of ``ssl.getpeercert()`` an operator reads."""
+    if not cert:
+        return None
+
+    def name(rdns: Any) -> str:
+        return ", ".join(f"{k}={v}" for rdn in rdns or () for k, v in rdn)
+
+    return {
+        "subject": name(cert.get("subject")),
+        "issuer": name(cert.get("issuer")),
+        "not_before": cert.get("notBefore"),
+        "not_after": cert.get("notAfter"),
+        "dns_names": [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"],
+    }
+
+
+def _policy_json(policy: Policy) -> dict[str, Any]:
+    return {
+        "version": policy.version,
+        "mode": policy.mode.value,
+        "mx": list(policy.mx),
+        "max_age": policy.max_age,
+        "extensions": dict(policy.extensions),
+    }
+
+
+async def check_domain(
+    domain: str,
+    *,
+    dns_resolver: dns.asyncresolver.Resolver | None = None,
+    ssl_context: Any = None,
+    policy_port: int = 443,
+    starttls: bool = False,
+    smtp_port: int = 25,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Check ``domain``; returns the report ``mtasts check --json`` prints (see docs/cli.md)."""
+    if is_address_literal(domain):
+        raise MTASTSError(f"{domain!r} is an address literal: MTA-STS does not apply (RFC 8461 §3.4)")
+    key = normalize_domain(domain)
+    resolver = dns_resolver or dns.asyncresolver.Resolver()
+    context = ssl_context or create_client_context()
+    problems: list[dict[str, Any]] = []
+    notes: list[str] = []
+    report: dict[str, Any] = {"domain": key, "input": domain, "problems": problems, "notes": notes}
+
+    # §3.1 the TXT record
+    name = f"_mta-sts.{key}"
+    answer = await mtasts_dns.query_txt(resolver, name + ".")
+    records = [r.decode("ascii", "replace") for r in answer.records]
+    record = select_txt_record(answer.records)
+    report["txt"] = {"name": name, "status": answer.status.value, "records": records,
+                     "id": record.id if record else None, "error": answer.error}  # fmt: skip
+    if answer.status is mtasts_dns.TxtStatus.ERROR:
+        _problem(problems, f"{name}: DNS lookup failed ({answer.error})")
+    elif record is None:
+        sts = [r for r in records if r.startswith("v=STSv1")]
+        if not sts:
+            _problem(problems, f"no MTA-STS TXT record at {name}: the domain publishes no policy")
+        elif len(sts) > 1:
+            _problem(problems, f"{len(sts)} MTA-STS TXT records at {name}: exactly one is allowed (RFC 8461 §3.1)")
+        else:
+            try:
+                parse_txt_record(sts[0])
+            except TxtRecordError as exc:
+                _problem(problems, f"invalid TXT record {sts[0]!r}: {exc.message}")
+
+    # §3.2, §3.3 the policy
+    fetcher = PolicyFetcher(dns_resolver=resolver, ssl_context=context, port=policy_port, timeout=timeout)
+    policy: Policy | None = None
+    try:
+        fetch = await fetcher.fetch_report(key)
+    finally:
+        await fetcher.aclose()
+    certificate = await _host_certificate(resolver, f"mta-sts.{key}", policy_port, context, timeout)
+    report["policy_url"] = fetch.url
+    report["fetch"] = {
+        "status": fetch.status, "content_type": fetch.content_type,
+        "bytes": len(fetch.body) if fetch.body is not None else None,
+        "certificate": _certificate(certificate),
+        "error": fetch.error.message if fetch.error else None,
+        "result_type": fetch.error.result_type if fetch.error else None,
+    }  # fmt: skip
+    report["policy_error"] = None
+    if fetch.error is not None:
+        if record is not None or fetch.status is not None:
+            _problem(problems, fetch.error.message, fetch.error.result_type)
+    elif fetch.body is not None:
+        try:
+            policy = parse_policy(fetch.body)
+        except PolicyError as exc:
+            report["policy_error"] = {"line": exc.line, "message": exc.message}
+            _problem(problems, f"the policy is invalid: {exc.message}", ResultType.STS_POLICY_INVALID)
+    if policy is not None and record is None:
+        _problem(problems, "a policy is served, but without a valid TXT record senders never fetch it")
+    report["policy"] = _policy_json(policy) if policy is not None else None
+    if policy is not None and policy.mode is not Mode.ENFORCE:
+        notes.append(f"mode {policy.mode.value}: failures are reported, not enforced")
+
+    # §4.1 MX hosts
+    report["mx"], report["mx_error"] = [], None
+    try:
+        mx_hosts = await mtasts_dns.find_mx_hosts(resolver, key)
+    except MTASTSError as exc:
+        mx_hosts = []
+        report["mx_error"] = exc.message
+        _problem(problems, f"MX lookup: {exc.message}")
+    probes = await _probe_all(mx_hosts, resolver, context, smtp_port, timeout) if starttls else {}
+    for host in mx_hosts:
+        matches = policy.matches(host) if policy is not None else None
+        entry: dict[str, Any] = {"host": host, "matches": matches, "starttls": probes.get(host)}
+        report["mx"].append(entry)
+        if policy is not None and policy.mode is not Mode.NONE and not matches:
+            _problem(problems, f"MX {host} matches no mx pattern of the policy ({MX_NOT_IN_STS_POLICY})",
+                     ResultType.VALIDATION_FAILURE)  # fmt: skip
+        probe = probes.get(host)
+        if probe is not None and (probe["result_type"] or probe["ip"] is None):
+            _problem(problems, f"MX {host}: {probe['detail']}", probe["result_type"])
+    if starttls and probes.get("_error"):
+        _problem(problems, str(probes["_error"]))
+
+    # RFC 8460 §3 the TLS-RPT record
+    tls_answer = await mtasts_dns.query_txt(resolver, f"_smtp._tls.{key}.")
+    tls_records = [r.decode("ascii", "replace") for r in tls_answer.records]
+    report["tlsrpt"] = {"name": f"_smtp._tls.{key}", "records": tls_records, "rua": [], "error": None}
+    candidates = [r for r in tls_answer.records if r.startswith(b"v=TLSRPTv1")]
+    if len(candidates) == 1:
+        try:
+            report["tlsrpt"]["rua"] = list(parse_tlsrpt_record(candidates[0]).rua)
+        except TlsRptRecordError as exc:
+            report["tlsrpt"]["error"] = exc.message
+            _problem(problems, f"TLS-RPT record: {exc.message}")
+    elif len(candidates) > 1:
+        report["tlsrpt"]["error"] = "several TLS-RPT records"
+        _problem(problems, f"{len(candidates)} TLS-RPT records at _smtp._tls.{key}: exactly one is allowed")
+    else:
+        notes.append("no TLS-RPT record: the domain gets no reports of TLS failures (RFC 8460)")
+    return report
+
+
+async def _host_certificate(
+    resolver: dns.asyncresolver.Resolver, host: str, port: int, context: Any, timeout: float
+) -> dict[str, Any] | None:
+    """The certificate ``host`` presents, if it validates (a diagnostic connection of its own)."""
+    try:
+        address = (await mtasts_dns.resolve_addresses(resolver, host))[0]
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(address, port, ssl=context, server_hostname=host)
+    except (MTASTSError, OSError, TimeoutError):
+        return None  # the fetch's own error says why
+    try:
+        certificate = writer.get_extra_info("peercert")
+        return certificate if isinstance(certificate, dict) else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _probe_all(
+    mx_hosts: list[str], resolver: dns.asyncresolver.Resolver, context: Any, port: int, timeout: float
+) -> dict[str, Any]:
+    try:
+        from .delivery import probe_starttls  # noqa: PLC0415 - needs the smtp extra (aiosmtplib)
+    except ImportError:
+        return {"_error": "--starttls needs aiosmtplib: pip install 'mtasts[smtp]'"}
+    probes = await asyncio.gather(
+        *(probe_starttls(mx, resolver=resolver, port=port, tls_context=context, timeout=timeout) for mx in mx_hosts)
+    )
+    return {
+        p.mx: {"ip": p.ip, "result_type": p.result_type, "detail": p.detail, "certificate": _certificate(p.certificate)}
+        for p in probes
+    }
+
+
+# -- the command ------------------------------------------------------------------------------------------------
 
 
 def register_cli(commands: Any) -> None:
-    parser = commands.add_parser("check", help="look a domain's MTA-STS policy up and report every problem")
+    from .cli import add_world_options  # noqa: PLC0415 - cli imports this module
+
+    parser = commands.add_parser(
+        "check", help="look a domain's MTA-STS policy up and report every problem (exit 1 if any)"
+    )
     parser.add_argument("domain")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    parser.add_argument("--starttls", action="store_true", help="also check STARTTLS and the certificate of each MX")
+    parser.add_argument("--smtp-port", type=int, default=25, help=argparse.SUPPRESS)  # for test worlds
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds for each fetch / SMTP step")
+    add_world_options(parser)
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from .cli import world_from_args  # noqa: PLC0415
+
+    world = world_from_args(args)
+    report = asyncio.run(
+        check_domain(
+            args.domain,
+            dns_resolver=world.get("dns_resolver"),
+            ssl_context=world.get("ssl_context"),
+            policy_port=world["policy_port"],
+            starttls=args.starttls,
+            smtp_port=args.smtp_port,
+            timeout=args.timeout,
+        )
+    )
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render(report, color=sys.stdout.isatty()))
+    return 1 if report["problems"] else 0
+
+
+def render(report: dict[str, Any], *, color: bool = False) -> str:
+    """The human-readable report."""
+
+    def paint(text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if color else text
+
+    ok, bad, info = paint("ok", "32"), paint("FAIL", "31;1"), paint("--", "33")
+    lines = [paint(f"MTA-STS check for {report['domain']}", "1"), ""]
+    txt = report["txt"]
+    lines.append(f"  TXT {txt['name']:<40} {ok if txt['id'] else bad}  {txt['status']}"
+                 + (f", id={txt['id']}" if txt["id"] else ""))  # fmt: skip
+    lines.extend(f"      {r}" for r in txt["records"])
+    fetch = report["fetch"]
+    status = fetch["status"] if fetch["status"] is not None else "-"
+    lines.append(f"  GET {report['policy_url']:<40} {ok if report['policy'] else bad}  HTTP {status}"
+                 f", {fetch['content_type'] or 'no Content-Type'}")  # fmt: skip
+    if fetch["certificate"]:
+        cert = fetch["certificate"]
+        lines.append(
+            f"      certificate: {', '.join(cert['dns_names'])}; issuer {cert['issuer']}; until {cert['not_after']}"
+        )
+    if fetch["error"]:
+        lines.append(f"      {fetch['error']} [{fetch['result_type']}]")
+    if report["policy_error"]:
+        lines.append(f"      {report['policy_error']['message']}")
+    policy = report["policy"]
+    if policy:
+        lines.append(
+            f"  policy: mode {policy['mode']}, max_age {policy['max_age']}, mx {', '.join(policy['mx']) or '-'}"
+        )
+    lines.append("")
+    if report["mx"]:
+        lines.append("  MX host                                   matches  STARTTLS")
+        for mx in report["mx"]:
+            match = "-" if mx["matches"] is None else (ok if mx["matches"] else bad)
+            probe = mx["starttls"]
+            if probe is None:
+                tls = "not checked"
+            elif not probe["result_type"] and probe["ip"]:
+                tls = ok
+            else:
+                tls = f"{bad} {probe['result_type'] or ''} {probe['detail'] or ''}"
+            lines.append(f"  {mx['host']:<40}  {match:<7}  {tls}")
+    elif report["mx_error"]:
+        lines.append(f"  MX: {bad} {report['mx_error']}")
+    tlsrpt = report["tlsrpt"]
+    rua = ", ".join(tlsrpt["rua"]) if tlsrpt["rua"] else (tlsrpt["error"] or "no record")
+    lines.append(f"  TLS-RPT {tlsrpt['name']}: {rua}")
+    lines.append("")
+    for note in report["notes"]:
+        lines.append(f"  {info} {note}")
+    if report["problems"]:
+        lines.append(paint(f"{len(report['problems'])} problem(s):", "31;1"))
+        for problem in report["problems"]:
+            kind = f"[{problem['result_type']}] " if problem["result_type"] else ""
+            lines.append(f"  - {kind}{problem['detail']}")
+    else:
+        lines.append(paint("no problems found", "32;1"))
+    return "\n".join(lines)

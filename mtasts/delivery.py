@@ -35,12 +35,10 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 import aiosmtplib
 import dns.asyncresolver
-import dns.name
-import dns.rdatatype
-import dns.resolver
 
 from . import dns as mtasts_dns
 from .domain import is_address_literal, normalize_domain
@@ -52,11 +50,14 @@ from .tls import create_client_context, create_opportunistic_context, ensure_str
 from .tls_errors import classify_tls_error, failure_reason_code
 from .verdict import Verdict, evaluate
 
-__all__ = ["Attempt", "DeliveryResult", "DeliveryStatus", "deliver", "find_mx_hosts"]
+__all__ = ["Attempt", "DeliveryResult", "DeliveryStatus", "StartTLSProbe", "deliver", "find_mx_hosts", "probe_starttls"]
+
+# MX selection lives with the other DNS code; re-exported here, where most callers look for it.
+find_mx_hosts = mtasts_dns.find_mx_hosts
+_PermanentFailure = mtasts_dns.MXPermanentFailure
+_TransientFailure = mtasts_dns.MXTransientFailure
 
 log = logging.getLogger("mtasts.delivery")
-
-_DNS_FAILURES = mtasts_dns._DNS_FAILURES
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -103,51 +104,6 @@ class DeliveryResult:
     @property
     def delivered(self) -> bool:
         return self.status is DeliveryStatus.DELIVERED
-
-
-class _PermanentFailure(MTASTSError):
-    """No delivery is possible for this domain (null MX, NXDOMAIN, no address)."""
-
-
-class _TransientFailure(MTASTSError):
-    """The MX list cannot be had now (DNS failure)."""
-
-
-async def find_mx_hosts(
-    resolver: dns.asyncresolver.Resolver, domain: str, *, rng: random.Random | None = None
-) -> list[str]:
-    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505).
-
-    Lowest preference first, ties shuffled; the domain itself when it has no MX but has an address (implicit MX).
-    Raises ``MTASTSError`` subclasses for a null MX / NXDOMAIN (permanent) and DNS failures (transient).
-    """
-    rng = rng or random.Random()
-    qname = dns.name.from_text(domain)
-    try:
-        answer = await resolver.resolve(qname, dns.rdatatype.MX, search=False, raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
-        raise _PermanentFailure(f"{domain}: no such domain (NXDOMAIN)") from None
-    except _DNS_FAILURES as exc:
-        raise _TransientFailure(f"{domain}: MX lookup failed ({type(exc).__name__}: {exc})") from None
-    if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
-        try:
-            await mtasts_dns.resolve_addresses(resolver, domain)
-        except PolicyFetchError as exc:
-            raise _PermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
-        return [domain]
-    records = [(rdata.preference, rdata.exchange) for rdata in answer.rrset]
-    if any(exchange == dns.name.root for _, exchange in records):
-        raise _PermanentFailure(f"{domain}: null MX (RFC 7505): the domain accepts no mail")
-    by_preference: dict[int, list[str]] = {}
-    for preference, exchange in records:
-        host = exchange.to_text(omit_final_dot=True).lower()
-        by_preference.setdefault(preference, []).append(host)
-    ordered: list[str] = []
-    for preference in sorted(by_preference):
-        hosts = by_preference[preference]
-        rng.shuffle(hosts)
-        ordered.extend(hosts)
-    return ordered
 
 
 @dataclass
@@ -311,11 +267,16 @@ async def _try_mx(job: _Job, mx: str, policy: Policy | None, outcome: _Outcome) 
 
 
 async def _connect(job: _Job, ip: str, mx: str) -> aiosmtplib.SMTP:
+    return await _open_session(ip, job.port, job.local_hostname, job.timeout)
+
+
+async def _open_session(ip: str, port: int, local_hostname: str | None, timeout: float) -> aiosmtplib.SMTP:
+    """Connect and EHLO, no TLS yet (aiosmtplib's own opportunistic STARTTLS is switched off)."""
     client = aiosmtplib.SMTP(
         hostname=ip,
-        port=job.port,
-        local_hostname=job.local_hostname,
-        timeout=job.timeout,
+        port=port,
+        local_hostname=local_hostname,
+        timeout=timeout,
         start_tls=False,
         use_tls=False,
     )
@@ -324,7 +285,7 @@ async def _connect(job: _Job, ip: str, mx: str) -> aiosmtplib.SMTP:
     return client
 
 
-async def _starttls(job: _Job, client: aiosmtplib.SMTP, mx: str, context: ssl.SSLContext) -> None:
+async def _starttls(client: aiosmtplib.SMTP, mx: str, context: ssl.SSLContext) -> None:
     if not client.supports_extension("starttls"):
         raise _NoStartTLS(f"{mx} does not offer STARTTLS")
     try:
@@ -387,7 +348,7 @@ async def _validate_tls(
     verifier = job.dane_verifier if dane else None
     context = create_opportunistic_context() if verifier is not None else job.tls_context
     try:
-        await _starttls(job, client, mx, context)
+        await _starttls(client, mx, context)
     except _NoStartTLS as exc:
         return ResultType.STARTTLS_NOT_SUPPORTED, "starttls-not-supported", exc.message
     except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError) as exc:
@@ -432,6 +393,53 @@ async def _send(job: _Job, client: aiosmtplib.SMTP, attempt: Attempt, outcome: _
     outcome.delivered_mx = attempt.mx
     outcome.refused.update({rcpt: f"{resp.code} {resp.message}" for rcpt, resp in errors.items()})
     return replace(attempt, delivered=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLSProbe:
+    """What :func:`probe_starttls` found at one MX host."""
+
+    mx: str
+    ip: str | None  # the address that answered (None: none did)
+    result_type: str | None  # None: STARTTLS offered and the certificate valid for the MX (§4.2)
+    detail: str | None = None
+    certificate: dict[str, Any] | None = None  # the verified certificate (ssl.getpeercert())
+
+
+async def probe_starttls(
+    mx: str,
+    *,
+    resolver: dns.asyncresolver.Resolver,
+    port: int = 25,
+    tls_context: ssl.SSLContext | None = None,
+    local_hostname: str | None = None,
+    timeout: float = 30.0,
+) -> StartTLSProbe:
+    """Connect to ``mx``, EHLO, STARTTLS with SNI = ``mx`` and full §4.2 validation; report, never raise."""
+    context = ensure_strict(tls_context) if tls_context is not None else create_client_context()
+    try:
+        ips = await mtasts_dns.resolve_addresses(resolver, mx)
+    except PolicyFetchError as exc:
+        return StartTLSProbe(mx, None, None, f"cannot resolve: {exc.message}")
+    last_error = "no address"
+    for ip in ips:
+        try:
+            client = await _open_session(ip, port, local_hostname, timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            last_error = f"{ip}: cannot connect: {exc}"
+            continue
+        try:
+            await _starttls(client, mx, context)
+            ssl_object = client.get_transport_info("ssl_object")
+            certificate = ssl_object.getpeercert() if isinstance(ssl_object, ssl.SSLObject) else None
+            return StartTLSProbe(mx, ip, None, None, certificate)
+        except _NoStartTLS as exc:
+            return StartTLSProbe(mx, ip, ResultType.STARTTLS_NOT_SUPPORTED, exc.message)
+        except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError, TimeoutError) as exc:
+            return StartTLSProbe(mx, ip, classify_tls_error(exc), failure_reason_code(exc))
+        finally:
+            await _quit(client)
+    return StartTLSProbe(mx, None, None, last_error)
 
 
 def _peer_certificate(client: aiosmtplib.SMTP) -> bytes:

@@ -10,6 +10,7 @@ mtasts never enables dnspython's own cache (all caching decisions use the inject
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -18,9 +19,17 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from .errors import PolicyFetchError
+from .errors import MTASTSError, PolicyFetchError
 
-__all__ = ["TxtAnswer", "TxtStatus", "query_txt", "resolve_addresses"]
+__all__ = [
+    "MXPermanentFailure",
+    "MXTransientFailure",
+    "TxtAnswer",
+    "TxtStatus",
+    "find_mx_hosts",
+    "query_txt",
+    "resolve_addresses",
+]
 
 # What a failed dnspython call can raise beside DNSException: socket errors, and ValueError/EOFError from
 # malformed answers.
@@ -87,3 +96,48 @@ async def resolve_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> 
             return [rdata.address for rdata in answer.rrset]
     detail = "; ".join(problems) if problems else "no A or AAAA record"
     raise PolicyFetchError(f"{host}: cannot resolve ({detail})")
+
+
+class MXPermanentFailure(MTASTSError):
+    """No delivery is possible for this domain (null MX, NXDOMAIN, no address)."""
+
+
+class MXTransientFailure(MTASTSError):
+    """The MX list cannot be had now (DNS failure)."""
+
+
+async def find_mx_hosts(
+    resolver: dns.asyncresolver.Resolver, domain: str, *, rng: random.Random | None = None
+) -> list[str]:
+    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505).
+
+    Lowest preference first, ties shuffled; the domain itself when it has no MX but has an address (implicit MX).
+    Raises ``MTASTSError`` subclasses for a null MX / NXDOMAIN (permanent) and DNS failures (transient).
+    """
+    rng = rng or random.Random()
+    qname = dns.name.from_text(domain)
+    try:
+        answer = await resolver.resolve(qname, dns.rdatatype.MX, search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        raise MXPermanentFailure(f"{domain}: no such domain (NXDOMAIN)") from None
+    except _DNS_FAILURES as exc:
+        raise MXTransientFailure(f"{domain}: MX lookup failed ({type(exc).__name__}: {exc})") from None
+    if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
+        try:
+            await resolve_addresses(resolver, domain)
+        except PolicyFetchError as exc:
+            raise MXPermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
+        return [domain]
+    records = [(rdata.preference, rdata.exchange) for rdata in answer.rrset]
+    if any(exchange == dns.name.root for _, exchange in records):
+        raise MXPermanentFailure(f"{domain}: null MX (RFC 7505): the domain accepts no mail")
+    by_preference: dict[int, list[str]] = {}
+    for preference, exchange in records:
+        host = exchange.to_text(omit_final_dot=True).lower()
+        by_preference.setdefault(preference, []).append(host)
+    ordered: list[str] = []
+    for preference in sorted(by_preference):
+        hosts = by_preference[preference]
+        rng.shuffle(hosts)
+        ordered.extend(hosts)
+    return ordered

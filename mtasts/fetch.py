@@ -21,6 +21,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,7 +32,7 @@ from . import dns as mtasts_dns
 from .errors import MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
 from .policy import Policy, parse_policy
 
-__all__ = ["PolicyFetcher", "policy_url"]
+__all__ = ["FetchReport", "PolicyFetcher", "policy_url"]
 
 WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
 _CHUNK = 16_384
@@ -41,6 +42,17 @@ def policy_url(domain: str, port: int = 443) -> str:
     """The policy URL for an A-label ``domain`` (§3.2): ``https://mta-sts.<domain>/.well-known/mta-sts.txt``."""
     authority = f"mta-sts.{domain}" if port == 443 else f"mta-sts.{domain}:{port}"
     return f"https://{authority}{WELL_KNOWN_PATH}"
+
+
+@dataclass
+class FetchReport:
+    """What a fetch saw, for diagnostics (``mtasts check``): filled in as far as the fetch got."""
+
+    url: str
+    status: int | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+    error: MTASTSError | None = None
 
 
 class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
@@ -181,17 +193,29 @@ class PolicyFetcher:
         """
         return parse_policy(await self.fetch_body(domain))
 
-    async def fetch_body(self, domain: str) -> bytes:
+    async def fetch_body(self, domain: str, report: FetchReport | None = None) -> bytes:
         """Fetch the raw policy body (decoded, at most ``max_size`` bytes) after every HTTP-level check."""
         url = policy_url(domain, self._port)
         async with self._semaphore:
             with _map_exceptions(url, self._timeout):
                 async with asyncio.timeout(self._timeout):
-                    return await self._get(url)
+                    return await self._get(url, report)
 
-    async def _get(self, url: str) -> bytes:
+    async def fetch_report(self, domain: str) -> FetchReport:
+        """Fetch like :meth:`fetch_body`, never raising: the status, media type, certificate, body or error."""
+        report = FetchReport(policy_url(domain, self._port))
+        try:
+            report.body = await self.fetch_body(domain, report)
+        except MTASTSError as exc:
+            report.error = exc
+        return report
+
+    async def _get(self, url: str, report: FetchReport | None = None) -> bytes:
         session = self._get_session()
         async with session.get(url, allow_redirects=False, headers=self._headers) as response:
+            if report is not None:
+                report.status = response.status
+                report.content_type = response.headers.get("Content-Type")
             if response.status != 200:
                 where = response.headers.get("Location")
                 detail = f" to {where[:200]!r} (redirects are not followed)" if where else ""
