@@ -531,6 +531,22 @@ def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
         load_config(path)
 
 
+def test_the_documented_configuration_loads_and_covers_every_key(tmp_path: Path) -> None:
+    import re
+
+    from mtasts.socketmap import TOML_KEYS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "postfix.md").read_text(encoding="utf-8")
+    [example] = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
+    path = tmp_path / "socketmap.toml"
+    path.write_text(example)
+    config = load_config(path)
+    assert (config.host, config.port, config.store) == ("127.0.0.1", 8461, "sqlite:/var/lib/mtasts/policies.sqlite3")
+    for key in TOML_KEYS:
+        assert re.search(rf"^#? ?{key} = ", example, re.MULTILINE), key
+        assert f"| `{key}` |" in doc, key
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(MTASTSError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
