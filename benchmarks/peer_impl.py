@@ -363,3 +363,23 @@ async def memory(domains: int, policies: int, shared_bodies: bool = False) -> Re
         "bytes_per_entry": (after - before) / domains,
         "shared_bodies": shared_bodies,
     }
+
+
+async def serve(world: dict[str, Any], port: int, cache_size: int = 100_000) -> Result:
+    """Run the peer's socketmap daemon (its responder and internal cache, as ``mta-sts-daemon`` builds them) on
+    127.0.0.1:``port``, resolving through the world's DNS, until SIGTERM. For the socketmap benchmark."""
+    import signal  # noqa: PLC0415
+
+    cfg = populate_cfg_defaults({"host": "127.0.0.1", "port": port,
+                                 "cache": {"type": "internal", "options": {"cache_size": cache_size}}})  # fmt: skip
+    loop = asyncio.get_running_loop()
+    cache = InternalLRUCache(cache_size)
+    await cache.setup()
+    responder = STSSocketmapResponder(cfg, loop, cache)
+    await _point_at_world(responder._default_zone.resolver, world)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await responder.start()
+    await stop.wait()
+    await responder.stop()
+    return {"stopped": True}

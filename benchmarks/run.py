@@ -11,7 +11,9 @@ Sections (docs/benchmarks.md says what each measures and why):
   domain, for both;
 * ``herd``   — 100 tasks asking for one cold domain at once: queries and requests it costs;
 * ``memory`` — RSS with 1,000,000 cached domains sharing 10,000 policies, and with 100,000 distinct ones;
-* ``stores`` — restoring 100,000 entries from each store at start-up, and the hit with a store behind memory.
+* ``stores`` — restoring 100,000 entries from each store at start-up, and the hit with a store behind memory;
+* ``socketmap`` — the Postfix socketmap server against the peer's daemon: requests/s and p99 for cache hits over
+  1 and 10 connections, one request at a time and pipelined (the load comes from a third process).
 
 Each measurement runs in a fresh worker process (``benchmarks.workers``); the loopback world (and, for the peer,
 a CONNECT proxy to reach it on port 443) runs here, so both implementations face the same servers.
@@ -33,7 +35,7 @@ from typing import Any
 from .workers import WorldEnv, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores")
+SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores", "socketmap")
 
 
 class Progress:
@@ -316,6 +318,108 @@ async def section_stores(ctx: dict[str, Any], quick: bool, progress: Progress) -
     return {"stores": results}
 
 
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_for_port(port: int, process: asyncio.subprocess.Process, timeout: float = 30.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and process.returncode is None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False
+
+
+async def _socketmap_server(impl: str, env: WorldEnv, port: int) -> asyncio.subprocess.Process:
+    if impl == "mtasts":
+        argv = ["-m", "mtasts", "serve-socketmap", "--listen", f"127.0.0.1:{port}", "--store", "memory",
+                "--nameserver", f"{env.dns_host}:{env.dns_port}", "--cafile", env.ca_pem_path,
+                "--policy-port", str(env.https_port), "--log-level", "warning"]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    else:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.workers", "peer", "serve", "-", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env={**os.environ, **_peer_env(env)},
+        )  # fmt: skip
+        assert process.stdin is not None
+        process.stdin.write(json.dumps({"world": env.to_json(), "port": port}).encode())
+        process.stdin.close()
+    return process
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def section_socketmap(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    count = 1_000
+    requests = 20_000 if quick else 100_000
+    scenarios = [(1, 1), (10, 1), (10, 16)]
+    domains = [f"s{i}.socketmap.example" for i in range(count)]
+
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+        for i, domain in enumerate(domains):
+            world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.p{i % 100}.example\nmax_age: 604800\n")
+            world.server_ssl_context(f"mta-sts.{domain}")
+        results: dict[str, Any] = {}
+        for impl in ("mtasts", "peer"):
+            port = _free_port()
+            process = await _socketmap_server(impl, env, port)
+            try:
+                if not await _wait_for_port(port, process):
+                    results[impl] = {"error": f"the {impl} socketmap server did not start"}
+                    continue
+                progress.show(f"socketmap: {impl}, filling its cache with {count} domains")
+                warm = await run_worker("client", "warm", {"port": port, "domains": domains})
+                levels = []
+                for connections, depth in scenarios:
+                    progress.show(f"socketmap: {impl}, {connections} connection(s), {depth} in flight each")
+                    levels.append(await run_worker("client", "load", {
+                        "port": port, "domains": domains, "connections": connections, "depth": depth,
+                        "requests": requests}))  # fmt: skip
+                results[impl] = {"warm": warm, "levels": levels}
+            finally:
+                await _stop(process)
+        return results
+
+    results = await _with_world(body)
+    rows = []
+    for index, (connections, depth) in enumerate(scenarios):
+        m = results.get("mtasts", {}).get("levels", [{}] * len(scenarios))[index]
+        p = results.get("peer", {}).get("levels", [{}] * len(scenarios))[index]
+        rows.append([
+            f"{connections} conn x {depth} in flight",
+            _fmt(m.get("requests_per_s"), "/s"), _fmt(m.get("p99_us"), " us", 0),
+            _fmt(p.get("requests_per_s"), "/s"), _fmt(p.get("p99_us"), " us", 0),
+            _ratio(m.get("requests_per_s"), p.get("requests_per_s")),
+            m.get("error", "") or p.get("error", ""),
+        ])  # fmt: skip
+    ctx["tables"].append(_table(
+        f"Postfix socketmap, cache hits ({count:,} enforce domains; goal: >= 3x the peer at 10 connections)",
+        ["load", "mtasts req/s", "p99", "peer req/s", "p99", "mtasts/peer", "note"], rows))  # fmt: skip
+    return {"socketmap": results}
+
+
 def _errors(*results: dict[str, Any]) -> list[str]:
     return [str(r["error"]) for r in results if isinstance(r, dict) and r.get("error")]
 
@@ -362,7 +466,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "memory": section_memory,
-        "stores": section_stores,
+        "stores": section_stores, "socketmap": section_socketmap,
     }  # fmt: skip
     for name in args.only or SECTIONS:
         report.update(await sections[name](ctx, args.quick, progress))

@@ -18,7 +18,11 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-IMPLEMENTATIONS = {"mtasts": "benchmarks.mtasts_impl", "peer": "benchmarks.peer_impl"}
+IMPLEMENTATIONS = {
+    "mtasts": "benchmarks.mtasts_impl",
+    "peer": "benchmarks.peer_impl",
+    "client": "benchmarks.socketmap_client",
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ def main(argv: list[str]) -> int:
         raw_args = sys.stdin.read()
     module = importlib.import_module(IMPLEMENTATIONS[impl])
     function = getattr(module, command)
+    if impl == "client":
+        # The load generator must cost less per request than the servers it measures: uvloop if available.
+        try:
+            import uvloop  # noqa: PLC0415
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
     result = asyncio.run(function(**json.loads(raw_args)))
     print(json.dumps(result))
     return 0
