@@ -44,7 +44,7 @@ from . import dns as mtasts_dns
 from .domain import is_address_literal, normalize_domain
 from .errors import DomainError, MTASTSError, PolicyFetchError
 from .policy import Mode, Policy
-from .resolver import PolicyLookup, PolicyResolver
+from .resolver import LookupStatus, PolicyLookup, PolicyResolver
 from .results import ResultType
 from .tls import create_client_context, create_opportunistic_context, ensure_strict
 from .tls_errors import classify_tls_error, failure_reason_code
@@ -160,6 +160,7 @@ async def deliver(
     command_timeout: float = 60.0,
     next_hop: str | None = None,
     rng: random.Random | None = None,
+    mta_sts: bool = True,
 ) -> DeliveryResult:
     """Send ``message`` to ``recipients`` (all at one domain) under that domain's MTA-STS policy.
 
@@ -169,8 +170,9 @@ async def deliver(
     ``reporter(attempt)`` gets every :class:`Attempt` (e.g. a TLS-RPT recorder). ``local_hostname``: the EHLO
     name; ``command_timeout``: seconds for each SMTP command. ``next_hop``: a smart host
     to deliver through — its domain is then the Policy Domain (§3.4). ``rng`` orders MX hosts of equal
-    preference. Raises :class:`MTASTSError` only for bad arguments; every delivery outcome is a
-    :class:`DeliveryResult`.
+    preference. ``mta_sts=False`` sends without any policy (opportunistic TLS, no DANE either): only for TLS-RPT
+    reports, which RFC 8460 §5.3 says to deliver despite MTA-STS and DANE failures. Raises
+    :class:`MTASTSError` only for bad arguments; every delivery outcome is a :class:`DeliveryResult`.
     """
     job = _Job(
         message=message,
@@ -182,11 +184,14 @@ async def deliver(
         tls_context=ensure_strict(tls_context) if tls_context is not None else create_client_context(),
         local_hostname=local_hostname,
         timeout=command_timeout,
-        dane=dane,
+        dane=dane if mta_sts else None,
         dane_verifier=dane_verifier,
         reporter=reporter,
     )
-    lookup = await resolver.lookup(job.domain)
+    if mta_sts:
+        lookup = await resolver.lookup(job.domain)
+    else:
+        lookup = PolicyLookup(job.domain, LookupStatus.NOT_APPLICABLE)
     try:
         mx_hosts = await find_mx_hosts(resolver.dns_resolver, job.domain, rng=rng)
     except _PermanentFailure as exc:
