@@ -12,14 +12,24 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._base import PolicyStore, StoredPolicy
+from ._base import PolicyStore, ReportStore, SessionCount, StoredPolicy
 from .memory import MemoryStore
 from .sqlite import SQLiteStore, default_path
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["MemoryStore", "PolicyStore", "RedisStore", "SQLiteStore", "StoredPolicy", "default_path", "open_store"]
+__all__ = [
+    "MemoryStore",
+    "PolicyStore",
+    "RedisStore",
+    "ReportStore",
+    "SQLiteStore",
+    "SessionCount",
+    "StoredPolicy",
+    "default_path",
+    "open_store",
+]
 
 
 def __getattr__(name: str) -> Any:

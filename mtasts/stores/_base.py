@@ -16,7 +16,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["PolicyStore", "StoredPolicy"]
+__all__ = ["PolicyStore", "ReportStore", "SessionCount", "StoredPolicy"]
+
+#: One TLS-RPT counter: (UTC day number since the epoch, policy domain, key, count). The key is JSON text naming
+#: the applied policy and, for a failure, its detail (mtasts.tlsrpt.recorder); a count is a number of sessions.
+SessionCount = tuple[int, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,4 +66,31 @@ class PolicyStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class ReportStore(Protocol):
+    """TLS-RPT persistence (RFC 8460): session counters per UTC day, and each report's delivery state.
+
+    The three stores implement it beside :class:`PolicyStore`, so one store holds both. Increments are atomic
+    (several processes may count into one store); the delivery state is an opaque JSON text.
+    """
+
+    async def add_session_counts(self, counts: Sequence[SessionCount]) -> None:
+        """Add each count to its counter (creating it at 0)."""
+        ...
+
+    async def session_counts(self, day: int | None = None) -> list[SessionCount]:
+        """Every counter (of one day, if given)."""
+        ...
+
+    async def delete_session_counts(self, day: int, policy_domain: str) -> None:
+        """Forget a (day, policy domain)'s counters: its report was delivered, or cannot be."""
+        ...
+
+    async def get_report_state(self, day: int, policy_domain: str) -> str | None: ...
+
+    async def put_report_state(self, day: int, policy_domain: str, state: str | None) -> None:
+        """Store (or, with None, delete) a report's delivery state."""
         ...

@@ -46,7 +46,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("RedisStore needs redis-py: pip install 'mtasts[redis]'") from error
 
-from ._base import StoredPolicy
+from ._base import SessionCount, StoredPolicy
 
 __all__ = ["FORMAT_VERSION", "RedisStore"]
 
@@ -57,6 +57,7 @@ FORMAT_VERSION = 1
 _TEXT_FIELDS = ("policy_id", "policy_text", "failed_id", "failure", "failure_detail")
 _TIME_FIELDS = ("fetched_at", "checked_at", "expires_at", "retry_after")
 _SCAN_COUNT = 1000
+_TLSRPT_TTL = 8 * 86400  # TLS-RPT counters and report states: a report is due within a day or two
 
 
 def _encode(row: StoredPolicy) -> str:
@@ -215,6 +216,50 @@ class RedisStore:
                         yield row
             if cursor == 0:
                 return
+
+    # -- TLS-RPT (ReportStore): one hash of counters per (day, domain), HINCRBY for atomic increments ---------
+
+    def _counts_key(self, day: int, domain: str) -> str:
+        return f"{self.namespace}:tlsrpt:{day}:{domain}"
+
+    def _state_key(self, day: int, domain: str) -> str:
+        return f"{self.namespace}:tlsrpt-state:{day}:{domain}"
+
+    async def add_session_counts(self, counts: Sequence[SessionCount]) -> None:
+        if not counts:
+            return
+        async with self._client().pipeline(transaction=True) as pipe:
+            for day, domain, key, count in counts:
+                pipe.hincrby(self._counts_key(day, domain), key, count)
+                pipe.expire(self._counts_key(day, domain), _TLSRPT_TTL)  # reports are due within 2 days
+            await pipe.execute()
+
+    async def session_counts(self, day: int | None = None) -> list[SessionCount]:
+        client = self._client()
+        pattern = _glob_escape(f"{self.namespace}:tlsrpt:") + (f"{day}:*" if day is not None else "*")
+        result: list[SessionCount] = []
+        async for raw_key in client.scan_iter(match=pattern, count=_SCAN_COUNT):
+            name = _text(raw_key)
+            try:
+                day_text, domain = name[len(self.namespace) + len(":tlsrpt:") :].split(":", 1)
+                fields = await client.hgetall(name)
+                result.extend((int(day_text), domain, _text(k), int(v)) for k, v in fields.items())
+            except (ValueError, ResponseError):
+                self._checked(None)
+        return result
+
+    async def delete_session_counts(self, day: int, policy_domain: str) -> None:
+        await self._client().delete(self._counts_key(day, policy_domain))
+
+    async def get_report_state(self, day: int, policy_domain: str) -> str | None:
+        raw = await self._client().get(self._state_key(day, policy_domain))
+        return None if raw is None else _text(raw)
+
+    async def put_report_state(self, day: int, policy_domain: str, state: str | None) -> None:
+        if state is None:
+            await self._client().delete(self._state_key(day, policy_domain))
+        else:
+            await self._client().set(self._state_key(day, policy_domain), state, ex=_TLSRPT_TTL)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MTASTSError
-from ._base import StoredPolicy
+from ._base import SessionCount, StoredPolicy
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_path"]
 
 log = logging.getLogger("mtasts.stores")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: policies; 2: + tlsrpt_counts, tlsrpt_reports (created on open: an upgrade is additive)
 _COLUMNS = (
     "domain, policy_id, policy_text, fetched_at, checked_at, expires_at, failed_id, failure, failure_detail, "
     "retry_after"
@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS policies (
     domain TEXT PRIMARY KEY NOT NULL,
     policy_id TEXT, policy_text TEXT, fetched_at REAL, checked_at REAL, expires_at REAL,
     failed_id TEXT, failure TEXT, failure_detail TEXT, retry_after REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tlsrpt_counts (
+    day INTEGER NOT NULL, domain TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (day, domain, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tlsrpt_reports (
+    day INTEGER NOT NULL, domain TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (day, domain)
 ) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -151,6 +158,49 @@ class SQLiteStore:
     def _close(self) -> None:
         self._reset()
 
+    def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]], many: bool = False) -> None:
+        """Run statements in one immediate transaction."""
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for sql, parameters in statements:
+                if many:
+                    connection.executemany(sql, parameters)
+                else:
+                    connection.execute(sql, parameters)
+            connection.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            self._reset()
+            raise
+
+    def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connect().execute(sql, parameters).fetchall()
+        except sqlite3.Error:
+            self._reset()
+            raise
+
+    def _add_counts(self, counts: Sequence[SessionCount]) -> None:
+        self._execute(
+            [(
+                "INSERT INTO tlsrpt_counts (day, domain, key, count) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, domain, key) DO UPDATE SET count = count + excluded.count",
+                list(counts),
+            )],
+            many=True,
+        )  # fmt: skip
+
+    def _counts(self, day: int | None) -> list[SessionCount]:
+        sql = "SELECT day, domain, key, count FROM tlsrpt_counts"
+        rows = self._query(sql + " WHERE day = ?", (day,)) if day is not None else self._query(sql, ())
+        return [
+            (int(d), str(domain), str(key), int(n))
+            for d, domain, key, n in rows
+            if isinstance(d, int) and isinstance(domain, str) and isinstance(key, str) and isinstance(n, int)
+        ]
+
     # -- the async interface ----------------------------------------------------------------------------------
 
     async def _run(self, function: Any, *args: Any) -> Any:
@@ -171,6 +221,33 @@ class SQLiteStore:
                 yield row
             if after is None:
                 return
+
+    async def add_session_counts(self, counts: Sequence[SessionCount]) -> None:
+        if counts:
+            await self._run(self._add_counts, list(counts))
+
+    async def session_counts(self, day: int | None = None) -> list[SessionCount]:
+        result: list[SessionCount] = await self._run(self._counts, day)
+        return result
+
+    async def delete_session_counts(self, day: int, policy_domain: str) -> None:
+        await self._run(
+            self._execute, [("DELETE FROM tlsrpt_counts WHERE day = ? AND domain = ?", (day, policy_domain))]
+        )
+
+    async def get_report_state(self, day: int, policy_domain: str) -> str | None:
+        rows = await self._run(self._query, "SELECT state FROM tlsrpt_reports WHERE day = ? AND domain = ?",
+                               (day, policy_domain))  # fmt: skip
+        return str(rows[0][0]) if rows and isinstance(rows[0][0], str) else None
+
+    async def put_report_state(self, day: int, policy_domain: str, state: str | None) -> None:
+        statement: tuple[str, tuple[Any, ...]]
+        if state is None:
+            statement = ("DELETE FROM tlsrpt_reports WHERE day = ? AND domain = ?", (day, policy_domain))
+        else:
+            statement = ("INSERT OR REPLACE INTO tlsrpt_reports (day, domain, state) VALUES (?, ?, ?)",
+                         (day, policy_domain, state))  # fmt: skip
+        await self._run(self._execute, [statement])
 
     async def aclose(self) -> None:
         if self._closed:
