@@ -264,3 +264,24 @@ async def stores(kind: str, entries: int, url: str | None = None, path: str | No
     await resolver.aclose()
     return {"kind": kind, "entries": entries, "restored": restored, "restore_seconds": restore_seconds,
             "hit_ns": statistics.median(samples)}  # fmt: skip
+
+
+async def recorder(iterations: int) -> dict[str, Any]:
+    """ns per ``TLSReporter.record`` call: a successful session, and a failed one (with IPs and a reason)."""
+    from mtasts.tlsrpt.recorder import TLSReporter  # noqa: PLC0415
+
+    reporter = TLSReporter(organization_name="bench", contact_info="tlsrpt@bench.example", clock=_clock)
+    policies = [policy_for(i, 100) for i in range(100)]
+    names = domain_names(1000)
+    results = {}
+    for label, failure in [("success", None), ("failure", "certificate-expired")]:
+        samples = []
+        for _ in range(5):
+            record = reporter.record
+            begin = time.perf_counter_ns()
+            for i in range(iterations):
+                record(names[i % 1000], policy=policies[i % 100], mx_host="mx.provider1.example",
+                       result_type=failure, sending_ip="192.0.2.1", receiving_ip="198.51.100.7")  # fmt: skip
+            samples.append((time.perf_counter_ns() - begin) / iterations)
+        results[label] = statistics.median(samples)
+    return {"ns_per_record": results}

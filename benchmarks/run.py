@@ -13,7 +13,8 @@ Sections (docs/benchmarks.md says what each measures and why):
 * ``memory`` — RSS with 1,000,000 cached domains sharing 10,000 policies, and with 100,000 distinct ones;
 * ``stores`` — restoring 100,000 entries from each store at start-up, and the hit with a store behind memory;
 * ``socketmap`` — the Postfix socketmap server against the peer's daemon: requests/s and p99 for cache hits over
-  1 and 10 connections, one request at a time and pipelined (the load comes from a third process).
+  1 and 10 connections, one request at a time and pipelined (the load comes from a third process);
+* ``recorder`` — the TLS-RPT recorder's cost per recorded session.
 
 Each measurement runs in a fresh worker process (``benchmarks.workers``); the loopback world (and, for the peer,
 a CONNECT proxy to reach it on port 443) runs here, so both implementations face the same servers.
@@ -35,7 +36,7 @@ from typing import Any
 from .workers import WorldEnv, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores", "socketmap")
+SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores", "socketmap", "recorder")
 
 
 class Progress:
@@ -420,6 +421,17 @@ async def section_socketmap(ctx: dict[str, Any], quick: bool, progress: Progress
     return {"socketmap": results}
 
 
+async def section_recorder(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    progress.show("recorder: TLSReporter.record")
+    result = await run_worker("mtasts", "recorder", {"iterations": 200_000 if quick else 1_000_000})
+    ns = result.get("ns_per_record", {})
+    rows = [[kind, _fmt(ns.get(kind), " ns"), "met" if (ns.get(kind) or 1e9) <= 2000 else "NOT met"]
+            for kind in ("success", "failure")]  # fmt: skip
+    ctx["tables"].append(_table("TLS-RPT recorder: cost of recording one session (goal <= 2 us)",
+                                ["session", "per record", "goal"], rows))  # fmt: skip
+    return {"recorder": result}
+
+
 def _errors(*results: dict[str, Any]) -> list[str]:
     return [str(r["error"]) for r in results if isinstance(r, dict) and r.get("error")]
 
@@ -466,7 +478,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "memory": section_memory,
-        "stores": section_stores, "socketmap": section_socketmap,
+        "stores": section_stores, "socketmap": section_socketmap, "recorder": section_recorder,
     }  # fmt: skip
     for name in args.only or SECTIONS:
         report.update(await sections[name](ctx, args.quick, progress))

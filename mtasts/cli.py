@@ -3,6 +3,7 @@
     mtasts demo                          the loopback demo (the README's)
     mtasts check DOMAIN [--json] [--starttls]
     mtasts serve-socketmap [...]         a Postfix socketmap server (docs/postfix.md)
+    mtasts tlsrpt show|send              TLS-RPT reports (docs/tlsrpt.md)
     mtasts bench [--quick] [--json PATH] the benchmark runner (from a source checkout)
 
 ``check`` and ``serve-socketmap`` take the world options ``--nameserver IP[:PORT]``, ``--cafile PEM`` and
@@ -141,9 +142,11 @@ def _bench(args: argparse.Namespace) -> int:
 def _register_optional(commands: Any) -> None:
     """Subcommands that live in their own modules."""
     from . import check, socketmap  # noqa: PLC0415
+    from .tlsrpt import cli as tlsrpt_cli  # noqa: PLC0415
 
     check.register_cli(commands)
     socketmap.register_cli(commands)
+    tlsrpt_cli.register_cli(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

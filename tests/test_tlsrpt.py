@@ -243,3 +243,87 @@ async def test_delivery_attempts_and_fetch_failures_are_recorded(world: World, m
     assert "receiving-ip" not in broken["failure-details"][0]  # unknown fields are left out
     for document in reports.values():
         validate(document)
+
+
+# -- sending what is due (§4.1, §5.5) -------------------------------------------------------------------------
+
+
+async def test_send_due_delivers_each_report_once_with_retries(world: World, tmp_path: Path) -> None:
+    from mtasts.tlsrpt.send import ReportSender
+
+    from .test_tlsrpt_send import start_collector
+
+    collector, runner = await start_collector(world)
+    collector.script = [500, 503]  # fails twice, then accepts
+    world.add_record("_smtp._tls.example.com", "TXT", f"v=TLSRPTv1; rua={collector.uri()}")
+    clock = FakeClock(NOON)
+    rec = reporter(clock, store=SQLiteStore(tmp_path / "p.sqlite3"), send_delay=3600)
+    for _ in range(4):
+        rec.record("example.com", policy=parse_policy(ENFORCE), mx_host="mx1.example.com")
+    rec.record("nobody.example", policy=None)  # publishes no _smtp._tls record
+    [expected] = [r for r in rec.build_reports(DAY) if r.policy_domain == "example.com"]
+    async with world.policy_resolver(clock=clock) as resolver:
+        sender = ReportSender(resolver=resolver, ssl_context=world.client_ssl_context(), timeout=5)
+        assert await rec.send_due(resolver, sender=sender) == []  # the day is not over yet
+        clock.now = NOON + 12 * 3600 + 1800  # 00:30 the next day: still inside send_delay
+        assert await rec.send_due(resolver, sender=sender) == []
+        clock.now = NOON + 12 * 3600 + 3601
+        outcomes = {o["domain"]: o for o in await rec.send_due(resolver, sender=sender)}
+        assert outcomes["nobody.example"]["status"] == "no-record"
+        assert outcomes["example.com"]["status"] == "retry"
+        assert await rec.send_due(resolver, sender=sender) == []  # backing off
+        statuses = []
+        for _ in range(10):
+            clock.advance(1800)
+            statuses += [o["status"] for o in await rec.send_due(resolver, sender=sender)]
+            if "delivered" in statuses:
+                break
+        assert statuses == ["retry", "delivered"]
+        clock.advance(86400)
+        assert await rec.send_due(resolver, sender=sender) == []  # done: never sent twice
+    await runner.cleanup()
+    assert len(collector.hits) == 3
+    hit = collector.hits[-1]
+    assert hit.method == "POST" and hit.content_type == "application/tlsrpt+gzip"
+    assert json.loads(gzip.decompress(hit.body)) == expected.json
+    validate(expected.json)
+    assert await rec._store.session_counts() == []  # delivered reports' counters are gone
+    await rec.aclose()
+    await rec._store.aclose()
+
+
+async def test_tlsrpt_cli_show_and_send(world: World, tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    from .test_tlsrpt_send import start_collector
+
+    collector, runner = await start_collector(world)
+    world.add_record("_smtp._tls.example.com", "TXT", f"v=TLSRPTv1; rua={collector.uri()}")
+    store_spec = f"sqlite:{tmp_path / 'p.sqlite3'}"
+    # two days ago: due whatever the hour (a day's report waits for send_delay after its midnight)
+    yesterday = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=2)
+    noon = datetime.datetime.combine(yesterday, datetime.time(12), datetime.UTC).timestamp()
+    rec = reporter(FakeClock(noon), store=SQLiteStore(tmp_path / "p.sqlite3"))
+    rec.record("example.com", policy=parse_policy(ENFORCE), mx_host="mx1.example.com")
+    await rec.aclose()
+    await rec._store.aclose()
+
+    async def run(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mtasts", "tlsrpt", *args, "--store", store_spec,
+            "--contact", "tlsrpt@sender.example", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None, err
+        return process.returncode, out.decode()
+
+    code, out = await run("show", "--json", "--day", yesterday.isoformat())
+    assert code == 0
+    [document] = json.loads(out)
+    validate(document)
+    assert document["policies"][0]["summary"]["total-successful-session-count"] == 1
+    code, out = await run("send", "--nameserver", f"127.0.0.1:{world.dns_port}", "--cafile", world.ca_pem_path)
+    assert code == 0 and json.loads(out.splitlines()[0])["status"] == "delivered"
+    await runner.cleanup()
+    assert len(collector.hits) == 1

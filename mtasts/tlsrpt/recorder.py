@@ -381,10 +381,15 @@ class TLSReporter:
                 return outcome
             result = await sender.send(reports[0], found.record.rua)
             if result.delivered:
-                outcome.update(status="delivered", to=result.accepted_by)
-                await self._finish(day, domain, {"done": True, "status": "delivered", "to": result.accepted_by})
+                outcome.update(status="delivered", to=result.uri)
+                await self._finish(day, domain, {"done": True, "status": "delivered", "to": result.uri})
                 return outcome
-            outcome.update(status="retry", error=str(result))
+            errors = "; ".join(f"{uri}: {error}" for uri, error in result.errors)
+            outcome.update(status="retry", error=errors)
+            if not result.should_retry:  # every endpoint failed for good (malformed URI, 5xx mail...)
+                outcome["status"] = "gave-up"
+                await self._finish(day, domain, {"done": True, "status": "gave-up", "error": errors[:500]})
+                return outcome
         first = state.get("first", now)
         attempts = state.get("attempts", 0) + 1
         next_at = retry.next_attempt(first, attempts, now)
