@@ -99,6 +99,8 @@ def _map_exceptions(url: str, timeout: float) -> Iterator[None]:
         yield
     except MTASTSError:
         raise
+    except aiohttp.ServerTimeoutError as exc:  # (a TimeoutError too: caught first) the idle timeout
+        raise PolicyFetchError(f"{url}: the host stopped answering ({type(exc).__name__})") from None
     except TimeoutError:
         raise PolicyFetchError(f"{url}: no complete response within {timeout:g} s") from None
     except (aiohttp.ClientError, OSError, ValueError, EOFError, zlib.error) as exc:
@@ -142,6 +144,7 @@ class PolicyFetcher:
         ssl_context: ssl.SSLContext,
         port: int = 443,
         timeout: float = 60.0,
+        idle_timeout: float = 15.0,
         max_size: int = 65_536,
         max_concurrent: int = 512,
         user_agent: str = "mtasts",
@@ -150,6 +153,11 @@ class PolicyFetcher:
         self._ssl_context = ssl_context
         self._port = port
         self._timeout = timeout
+        # A host that sends nothing for idle_timeout (no TCP/TLS connection, no response, a stalled body) is given
+        # up before the total deadline: hung hosts hold a fetch slot for seconds, not a minute (docs/security.md).
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(idle_timeout, timeout), sock_read=min(idle_timeout, timeout)
+        )
         self._max_size = max_size
         self._semaphore = asyncio.Semaphore(max_concurrent)
         self._headers = {
@@ -212,7 +220,9 @@ class PolicyFetcher:
 
     async def _get(self, url: str, report: FetchReport | None = None) -> bytes:
         session = self._get_session()
-        async with session.get(url, allow_redirects=False, headers=self._headers) as response:
+        async with session.get(
+            url, allow_redirects=False, headers=self._headers, timeout=self._client_timeout
+        ) as response:
             if report is not None:
                 report.status = response.status
                 report.content_type = response.headers.get("Content-Type")

@@ -156,6 +156,7 @@ class PolicyResolver:
         policy_port: int = 443,
         clock: Callable[[], float] = time.time,
         fetch_timeout: float = 60.0,
+        fetch_idle_timeout: float = 15.0,
         max_policy_size: int = 65_536,
         failure_backoff: float = 300.0,
         negative_ttl: float = 300.0,
@@ -172,6 +173,7 @@ class PolicyResolver:
     ) -> None:
         for name, value in [
             ("fetch_timeout", fetch_timeout),
+            ("fetch_idle_timeout", fetch_idle_timeout),
             ("failure_backoff", failure_backoff),
             ("negative_ttl", negative_ttl),
             ("txt_check_interval", txt_check_interval),
@@ -202,6 +204,7 @@ class PolicyResolver:
             ssl_context=ensure_strict(ssl_context) if ssl_context is not None else create_client_context(),
             port=policy_port,
             timeout=fetch_timeout,
+            idle_timeout=fetch_idle_timeout,
             max_size=max_policy_size,
             max_concurrent=max_concurrent_fetches,
         )
