@@ -9,9 +9,11 @@ mtasts never enables dnspython's own cache (all caching decisions use the inject
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -22,6 +24,8 @@ import dns.resolver
 from .errors import MTASTSError, PolicyFetchError
 
 __all__ = [
+    "DnsResolver",
+    "GatedResolver",
     "MXPermanentFailure",
     "MXTransientFailure",
     "TxtAnswer",
@@ -34,6 +38,42 @@ __all__ = [
 # What a failed dnspython call can raise beside DNSException: socket errors, and ValueError/EOFError from
 # malformed answers.
 _DNS_FAILURES = (dns.exception.DNSException, OSError, ValueError, EOFError)
+
+
+class DnsResolver(Protocol):
+    """What mtasts needs of a resolver: dnspython's ``dns.asyncresolver.Resolver.resolve`` (or a wrapper)."""
+
+    async def resolve(
+        self,
+        qname: dns.name.Name | str,
+        rdtype: dns.rdatatype.RdataType | str = ...,
+        *,
+        raise_on_no_answer: bool = ...,
+        search: bool | None = ...,
+    ) -> dns.resolver.Answer: ...
+
+
+class GatedResolver:
+    """At most ``limit`` queries in flight through ``resolver``.
+
+    dnspython opens a socket per query: ten thousand concurrent lookups would hold ten thousand sockets. The
+    resolver bounds its own queries with this (``PolicyResolver(max_concurrent_dns=...)``).
+    """
+
+    def __init__(self, resolver: DnsResolver, limit: int) -> None:
+        self.resolver = resolver
+        self._gate = asyncio.Semaphore(limit)
+
+    async def resolve(
+        self,
+        qname: dns.name.Name | str,
+        rdtype: dns.rdatatype.RdataType | str = dns.rdatatype.A,
+        *,
+        raise_on_no_answer: bool = True,
+        search: bool | None = None,
+    ) -> dns.resolver.Answer:
+        async with self._gate:
+            return await self.resolver.resolve(qname, rdtype, raise_on_no_answer=raise_on_no_answer, search=search)
 
 
 class TxtStatus(enum.StrEnum):
@@ -59,7 +99,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def query_txt(resolver: dns.asyncresolver.Resolver, name: str) -> TxtAnswer:
+async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
     """Query the TXT records of ``name`` (an absolute A-label name, no trailing dot needed). Never raises.
 
     CNAMEs are followed (§3.1 "senders MUST follow the CNAME pointers"); multi-string records are joined
@@ -77,7 +117,7 @@ async def query_txt(resolver: dns.asyncresolver.Resolver, name: str) -> TxtAnswe
     return TxtAnswer(TxtStatus.FOUND, tuple(b"".join(rdata.strings) for rdata in answer.rrset))
 
 
-async def resolve_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str]:
+async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
     """The IPv4 addresses of ``host``, else its IPv6 addresses; raise :class:`PolicyFetchError` if none.
 
     A first, AAAA only when there is no A: one address query per policy host in the common case.
@@ -106,9 +146,7 @@ class MXTransientFailure(MTASTSError):
     """The MX list cannot be had now (DNS failure)."""
 
 
-async def find_mx_hosts(
-    resolver: dns.asyncresolver.Resolver, domain: str, *, rng: random.Random | None = None
-) -> list[str]:
+async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Random | None = None) -> list[str]:
     """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505).
 
     Lowest preference first, ties shuffled; the domain itself when it has no MX but has an address (implicit MX).

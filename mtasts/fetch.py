@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import aiohttp.abc
-import dns.asyncresolver
 
 from . import dns as mtasts_dns
 from .errors import MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
@@ -58,7 +57,7 @@ class FetchReport:
 class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
     """aiohttp's name resolution through the caller's dnspython resolver (so one resolver defines the world)."""
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver) -> None:
+    def __init__(self, resolver: mtasts_dns.DnsResolver) -> None:
         self._resolver = resolver
 
     async def resolve(
@@ -140,7 +139,7 @@ class PolicyFetcher:
     def __init__(
         self,
         *,
-        dns_resolver: dns.asyncresolver.Resolver,
+        dns_resolver: mtasts_dns.DnsResolver,
         ssl_context: ssl.SSLContext,
         port: int = 443,
         timeout: float = 60.0,

@@ -162,6 +162,7 @@ class PolicyResolver:
         negative_ttl: float = 300.0,
         cache_size: int = 100_000,
         max_concurrent_fetches: int = 512,
+        max_concurrent_dns: int = 256,
         txt_check_interval: float = 300.0,
         dns_error_ttl: float = 30.0,
         refresh_interval: float = 86_400.0,
@@ -187,6 +188,7 @@ class PolicyResolver:
             ("max_policy_size", max_policy_size),
             ("cache_size", cache_size),
             ("max_concurrent_fetches", max_concurrent_fetches),
+            ("max_concurrent_dns", max_concurrent_dns),
             ("negative_cache_size", negative_cache_size),
             ("policy_port", policy_port),
         ]:
@@ -198,9 +200,10 @@ class PolicyResolver:
             except dns.exception.DNSException as exc:
                 raise MTASTSError(f"cannot read the system DNS configuration: {exc}") from None
         self.dns_resolver = dns_resolver
+        self._dns = mtasts_dns.GatedResolver(dns_resolver, max_concurrent_dns)  # this resolver's own queries
         self.clock = clock
         self._fetcher = PolicyFetcher(
-            dns_resolver=dns_resolver,
+            dns_resolver=self._dns,
             ssl_context=ensure_strict(ssl_context) if ssl_context is not None else create_client_context(),
             port=policy_port,
             timeout=fetch_timeout,
@@ -546,7 +549,7 @@ class PolicyResolver:
         return await asyncio.shield(future)
 
     async def _check_txt(self, key: str) -> _Checked:
-        answer = await mtasts_dns.query_txt(self.dns_resolver, f"_mta-sts.{key}.")
+        answer = await mtasts_dns.query_txt(self._dns, f"_mta-sts.{key}.")
         record = select_txt_record(answer.records) if answer.status is mtasts_dns.TxtStatus.FOUND else None
         return _Checked(answer, record.id if record is not None else None)
 
