@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from mtasts.testing import World
+
+from ._smtp import MailWorld, mail_world
 
 settings.register_profile("default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -22,3 +28,23 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# -- shared fixtures: the loopback world (DNS + HTTPS), its MX servers, an injected clock --------------------------
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with World() as w:
+        yield w
+
+
+@pytest.fixture
+async def mail(world: World) -> AsyncIterator[MailWorld]:
+    async with mail_world(world) as m:
+        yield m
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

@@ -19,12 +19,6 @@ POLICY = "version: STSv1\nmode: enforce\nmx: mx.{domain}\nmax_age: 86400\n"
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as world:
-        yield world
-
-
-@pytest.fixture
 async def proxy(world: World) -> AsyncIterator[ConnectProxy]:
     async with ConnectProxy(world.host, world.https_port) as proxy:
         yield proxy

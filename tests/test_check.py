@@ -5,28 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from mtasts.testing import World
 
-from ._smtp import MailWorld, mail_world
+from ._smtp import MailWorld
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.mail.example.com\nmax_age: 604800\n"
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-async def mail(world: World) -> AsyncIterator[MailWorld]:
-    async with mail_world(world) as m:
-        yield m
 
 
 async def mtasts(world: World, *args: str, port: int | None = None) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ from mtasts import MTASTSError, PolicyResolver
 from mtasts.delivery import Attempt, DeliveryResult, DeliveryStatus, deliver, find_mx_hosts
 from mtasts.testing import World
 
-from ._smtp import MailWorld, mail_world
+from ._smtp import MailWorld
 from .conftest import FakeClock
 
 DOMAIN = "example.com"
@@ -31,18 +31,6 @@ def message() -> EmailMessage:
     msg["Subject"] = "hello"
     msg.set_content("Hello over MTA-STS.\n")
     return msg
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-async def mail(world: World) -> AsyncIterator[MailWorld]:
-    async with mail_world(world) as m:
-        yield m
 
 
 @pytest.fixture

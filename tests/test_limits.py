@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from mtasts.testing import World
 
@@ -47,12 +44,6 @@ class Tarpit:
     def close_all(self) -> None:
         for writer in list(self._writers):
             writer.close()
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
 
 
 async def test_ten_thousand_lookups_half_hung(world: World) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,6 @@ ENFORCE2 = "version: STSv1\nmode: enforce\nmx: mx2.example.com\nmax_age: 86400\n
 TESTING = "version: STSv1\nmode: testing\nmx: mx.example.com\nmax_age: 86400\n"
 NONE = "version: STSv1\nmode: none\nmax_age: 86400\n"
 GOOD_URL = "https://mta-sts.good.example:{port}/.well-known/mta-sts.txt"  # serves a valid policy
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make(world: World, clock: FakeClock, **kwargs: Any) -> PolicyResolver:

@@ -99,12 +99,6 @@ def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
 async def redis() -> AsyncIterator[RedisServer]:
     async with redis_server() as server:
         yield server

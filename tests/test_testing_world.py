@@ -11,7 +11,6 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -31,12 +30,6 @@ from ._tls import handshake
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n"
 WELL_KNOWN = "/.well-known/mta-sts.txt"
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
 
 
 class WorldResolver(AbstractResolver):

@@ -6,7 +6,6 @@ import datetime
 import gzip
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from mtasts.testing import World
 from mtasts.tlsrpt import TlsRptRecordError, parse_tlsrpt_record, select_tlsrpt_record
 from mtasts.tlsrpt.recorder import TLSReporter
 
-from ._smtp import MailWorld, mail_world
+from ._smtp import MailWorld
 from .conftest import FakeClock
 
 SCHEMA = json.loads((Path(__file__).parent / "tlsrpt_schema.json").read_text())
@@ -202,18 +201,6 @@ async def test_a_store_outage_keeps_the_counts() -> None:
 
 
 # -- wired to the delivery helper and the resolver ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-async def mail(world: World) -> AsyncIterator[MailWorld]:
-    async with mail_world(world) as m:
-        yield m
 
 
 async def test_delivery_attempts_and_fetch_failures_are_recorded(world: World, mail: MailWorld) -> None:

@@ -32,7 +32,7 @@ from mtasts.tlsrpt.send import (
     discover_rua,
 )
 
-from ._smtp import MailWorld, free_port, mail_world
+from ._smtp import MailWorld, free_port
 from .conftest import FakeClock
 
 COLLECTOR = "collector.example"
@@ -116,24 +116,12 @@ async def start_collector(world: World, host: str = COLLECTOR, kind: str = "vali
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
 async def collector(world: World) -> AsyncIterator[Collector]:
     collector, runner = await start_collector(world)
     yield collector
     if collector.stall is not None:
         collector.stall.set()
     await runner.cleanup()
-
-
-@pytest.fixture
-async def mail(world: World) -> AsyncIterator[MailWorld]:
-    async with mail_world(world) as m:
-        yield m
 
 
 @pytest.fixture
