@@ -41,6 +41,7 @@ import dns.asyncresolver
 import dns.exception
 
 from . import dns as mtasts_dns
+from ._checks import check_count, check_seconds
 from .cache import CacheEntry, ExpiringCache, PolicyCache
 from .domain import is_address_literal, normalize_domain
 from .errors import MTASTSError
@@ -182,8 +183,7 @@ class PolicyResolver:
             ("refresh_interval", refresh_interval),
             ("store_retry", store_retry),
         ]:
-            if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
-                raise MTASTSError(f"{name} must be a finite number >= 0, not {value!r}")
+            check_seconds(name, value)
         for name, count in [
             ("max_policy_size", max_policy_size),
             ("cache_size", cache_size),
@@ -192,8 +192,7 @@ class PolicyResolver:
             ("negative_cache_size", negative_cache_size),
             ("policy_port", policy_port),
         ]:
-            if not isinstance(count, int) or count < 1:
-                raise MTASTSError(f"{name} must be a positive integer, not {count!r}")
+            check_count(name, count)
         if dns_resolver is None:
             try:
                 dns_resolver = dns.asyncresolver.Resolver()

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import re
 import signal
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from ._checks import check_count, check_seconds
 from .cli import add_world_options, world_from_args
 from .domain import is_address_literal, normalize_domain
 from .errors import DomainError, MTASTSError
@@ -148,11 +148,9 @@ class SocketmapServer:
         idle_timeout: float = 600.0,
     ) -> None:
         for name, count in [("max_request", max_request), ("max_pipeline", max_pipeline)]:
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise MTASTSError(f"{name} must be a positive integer, not {count!r}")
+            check_count(name, count)
         for name, seconds in [("request_timeout", request_timeout), ("idle_timeout", idle_timeout)]:
-            if not (isinstance(seconds, int | float) and seconds > 0 and math.isfinite(seconds)):
-                raise MTASTSError(f"{name} must be a finite number > 0, not {seconds!r}")
+            check_seconds(name, seconds, positive=True)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise MTASTSError(f"port must be 0 to 65535, not {port!r}")
         self.resolver = resolver
@@ -538,16 +536,11 @@ class ServerConfig:
             if not _is_type(value, expected):
                 raise MTASTSError(f"{name} must be {_TYPE_NAMES[expected]}, not {value!r}")
         for name in ("cache_size", "max_request", "max_pipeline"):
-            if getattr(self, name) < 1:
-                raise MTASTSError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+            check_count(name, getattr(self, name))
         for name in ("fetch_timeout", "request_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise MTASTSError(f"{name} must be a finite number > 0, not {value!r}")
+            check_seconds(name, getattr(self, name), positive=True)
         for name in ("shutdown_grace", "refresh_period"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise MTASTSError(f"{name} must be a finite number >= 0, not {value!r}")
+            check_seconds(name, getattr(self, name))
         if not 0 <= self.port < 65536:
             raise MTASTSError(f"port must be 0 to 65535, not {self.port}")
         if not 0 < self.policy_port < 65536:

@@ -110,40 +110,28 @@ class SQLiteStore:
                 self._connection = None
 
     def _get(self, domain: str) -> StoredPolicy | None:
-        try:
-            values = self._connect().execute(f"SELECT {_COLUMNS} FROM policies WHERE domain = ?", (domain,)).fetchone()
-        except sqlite3.Error:
-            self._reset()
-            raise
-        return None if values is None else self._checked(_row(values))
+        rows = self._query(f"SELECT {_COLUMNS} FROM policies WHERE domain = ?", (domain,))
+        return self._checked(_row(rows[0])) if rows else None
 
     def _write(self, puts: Sequence[StoredPolicy], deletes: Sequence[str]) -> None:
-        connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("DELETE FROM policies WHERE domain = ?", [(d,) for d in deletes])
-            connection.executemany(
-                f"INSERT OR REPLACE INTO policies ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.domain, r.policy_id, r.policy_text, r.fetched_at, r.checked_at, r.expires_at, r.failed_id,
-                     r.failure, r.failure_detail, r.retry_after)
-                    for r in puts
-                ],
-            )  # fmt: skip
-            connection.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            self._reset()
-            raise
+        self._execute(
+            [
+                ("DELETE FROM policies WHERE domain = ?", [(d,) for d in deletes]),
+                (
+                    f"INSERT OR REPLACE INTO policies ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.domain, r.policy_id, r.policy_text, r.fetched_at, r.checked_at, r.expires_at,
+                         r.failed_id, r.failure, r.failure_detail, r.retry_after)
+                        for r in puts
+                    ],
+                ),
+            ],
+            many=True,
+        )  # fmt: skip
 
     def _scan_batch(self, after: str | None) -> tuple[list[StoredPolicy], str | None]:
         query = f"SELECT {_COLUMNS} FROM policies WHERE domain > ? ORDER BY domain LIMIT ?"
-        try:
-            rows = self._connect().execute(query, (after or "", _SCAN_BATCH)).fetchall()
-        except sqlite3.Error:
-            self._reset()
-            raise
+        rows = self._query(query, (after or "", _SCAN_BATCH))
         parsed = [self._checked(_row(values)) for values in rows]
         last = rows[-1][0] if len(rows) == _SCAN_BATCH else None
         return [row for row in parsed if row is not None], (str(last) if last is not None else None)

@@ -61,6 +61,7 @@ import dns.asyncresolver
 import dns.exception
 
 from .. import dns as mtasts_dns
+from .._checks import check_seconds
 from ..domain import normalize_domain
 from ..errors import DomainError, MTASTSError
 from ..fetch import _DnsPythonResolver
@@ -216,9 +217,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         for name in ("first_delay", "factor", "max_delay", "give_up_after"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise MTASTSError(f"RetryPolicy.{name} must be a finite number >= 0, not {value!r}")
+            check_seconds(f"RetryPolicy.{name}", getattr(self, name))
         if self.first_delay <= 0 or self.factor < 1 or self.max_delay < self.first_delay:
             raise MTASTSError("RetryPolicy needs first_delay > 0, factor >= 1 and max_delay >= first_delay")
 
@@ -294,8 +293,7 @@ class ReportSender:
         local_hostname: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise MTASTSError(f"timeout must be a finite number > 0, not {timeout!r}")
+        check_seconds("timeout", timeout, positive=True)
         if dns_resolver is None and resolver is not None:
             dns_resolver = resolver.dns_resolver
         if verify_https:
