@@ -12,10 +12,12 @@ import idna
 __all__ = [
     "CERT_KINDS",
     "FAILURE_KINDS",
+    "HOSTILE_KINDS",
     "DomainConfig",
     "DomainOptions",
     "QueryRecord",
     "RequestRecord",
+    "ResponseRecord",
     "name_key",
 ]
 
@@ -24,6 +26,10 @@ CERT_KINDS: Final = frozenset({"valid", "expired", "wrong-name", "untrusted", "c
 #: DNS failure kinds for :attr:`DomainConfig.txt_failure`, :attr:`DomainConfig.policy_host_failure`,
 #: :meth:`World.set_failure`.
 FAILURE_KINDS: Final = frozenset({"nxdomain", "servfail", "timeout", "nodata", "refused"})
+#: Answers of a hostile (or broken) DNS server, accepted wherever :data:`FAILURE_KINDS` are: the true answer
+#: under another message id (``"wrong-id"``) or for another question (``"wrong-question"``), and a CNAME loop
+#: carried in the answer itself (``"cname-loop"``) instead of the world's own SERVFAIL for loops.
+HOSTILE_KINDS: Final = frozenset({"wrong-id", "wrong-question", "cname-loop"})
 
 
 def name_key(name: str) -> str:
@@ -39,9 +45,10 @@ def name_key(name: str) -> str:
 
 
 def check_failure(kind: str | None, what: str) -> None:
-    """Raise ValueError unless ``kind`` is None or one of :data:`FAILURE_KINDS`."""
-    if kind is not None and kind not in FAILURE_KINDS:
-        raise ValueError(f"{what} must be None or one of {sorted(FAILURE_KINDS)}, not {kind!r}")
+    """Raise ValueError unless ``kind`` is None or one of :data:`FAILURE_KINDS` or :data:`HOSTILE_KINDS`."""
+    if kind is not None and kind not in FAILURE_KINDS and kind not in HOSTILE_KINDS:
+        kinds = sorted(FAILURE_KINDS | HOSTILE_KINDS)
+        raise ValueError(f"{what} must be None or one of {kinds}, not {kind!r}")
 
 
 def check_cert_kind(kind: str) -> None:
@@ -75,6 +82,10 @@ class DomainConfig:
     delay: float = 0
     body_chunk_delay: float = 0
     close_mid_body: bool = False
+    reset_mid_body: bool = False
+    http10: bool = False
+    endless_headers: float | None = None
+    precompressed: bool = False
     cert: str = "valid"
     policy_host_addresses: list[str] = field(default_factory=_default_addresses)
     policy_host_failure: str | None = None
@@ -88,6 +99,8 @@ class DomainConfig:
         elif name == "policy_host_addresses":
             for address in value:  # type: ignore[attr-defined]
                 ipaddress.ip_address(address)
+        elif name == "endless_headers" and value is not None and not (isinstance(value, int | float) and value >= 0):
+            raise ValueError(f"endless_headers must be None or seconds >= 0, not {value!r}")
         object.__setattr__(self, name, value)
 
     def txt_records(self) -> list[str | list[str]]:
@@ -117,6 +130,10 @@ class DomainOptions(TypedDict, total=False):
     delay: float
     body_chunk_delay: float
     close_mid_body: bool
+    reset_mid_body: bool
+    http10: bool
+    endless_headers: float | None
+    precompressed: bool
     cert: str
     policy_host_addresses: list[str]
     policy_host_failure: str | None
@@ -143,3 +160,21 @@ class QueryRecord:
     name: str
     rdtype: str
     transport: Literal["udp", "tcp"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """How one policy response of the world's HTTPS server ended (RFC 8461 §3.3 fetches, seen from the server).
+
+    ``size`` is the body's length on the wire (after any content coding; None for ``endless_headers``),
+    ``sent`` how many of its bytes were handed to the connection (header-line bytes for ``endless_headers``),
+    ``complete`` whether the response went out whole — False when the client went away first (a body cap
+    reached, a deadline) or a misbehaviour cut it. ``sent`` counts what the server wrote, which may sit
+    unread in socket buffers: a few MB on loopback.
+    """
+
+    host: str
+    status: int
+    size: int | None
+    sent: int
+    complete: bool

@@ -4,6 +4,10 @@ Answers are built from the published domains (``_mta-sts.<domain>`` TXT, RFC 846
 A/AAAA) and the extra records, following CNAME chains inside the world as a recursive resolver would
 (RFC 1034 §4.3.2). UDP answers over 512 bytes (or the client's EDNS payload size, RFC 6891 §6.2.3) are
 truncated with TC so the client retries over TCP (RFC 7766 §5).
+
+On request a name is answered the way a hostile server would (``HOSTILE_KINDS``): the true answer under a
+wrong message id or for another question (RFC 5452 §9.1: a client must drop such responses), or a CNAME loop
+inside the answer (RFC 1034 §3.6.2).
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class Zone:
             failure, records, exists = self._node(name_key(name.to_text(omit_final_dot=True)))
             if failure == "timeout":
                 return None
+            if failure == "cname-loop":
+                return dns.rcode.NOERROR, answer + _cname_loop(name)
             if failure in ("servfail", "refused"):
                 return (dns.rcode.SERVFAIL if failure == "servfail" else dns.rcode.REFUSED), []
             if failure in ("nxdomain", "nodata"):
@@ -162,6 +168,11 @@ class Zone:
                     return None
                 response.set_rcode(result[0])
                 response.answer = result[1]
+                spoof = self._node(name_key(question.name.to_text(omit_final_dot=True)))[0]
+                if spoof == "wrong-id":
+                    response.id = (query.id + 1) & 0xFFFF
+                elif spoof == "wrong-question":
+                    response.question = [_other_question(question.name, question.rdtype)]
             limit = _TCP_LIMIT if transport == "tcp" else max(_UDP_LIMIT, query.payload if query.edns >= 0 else 0)
             try:
                 return response.to_wire(max_size=limit)
@@ -174,6 +185,28 @@ class Zone:
             error_response = dns.message.make_response(query)
             error_response.set_rcode(dns.rcode.SERVFAIL)
             return error_response.to_wire()
+
+
+def _cname_loop(name: dns.name.Name) -> list[dns.rrset.RRset]:
+    """``name`` CNAME ``loop.name``, ``loop.name`` CNAME ``name`` (a self-loop when the longer name cannot exist)."""
+    try:
+        other = dns.name.Name((b"loop", *name.labels))
+    except dns.name.NameTooLong:
+        other = name
+    loop = [_rrset(name, dns.rdatatype.CNAME, [(TTL, _cname_rdata(other))])]
+    if other != name:
+        loop.append(_rrset(other, dns.rdatatype.CNAME, [(TTL, _cname_rdata(name))]))
+    return loop
+
+
+def _cname_rdata(target: dns.name.Name) -> dns.rdata.Rdata:
+    return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CNAME, target.to_text())
+
+
+def _other_question(name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.rrset.RRset:
+    """A question section naming ``spoofed.invalid.`` instead of ``name`` (RFC 6761 §6.4: never a real name)."""
+    other = dns.name.from_text("spoofed.invalid.")
+    return dns.rrset.RRset(other if other != name else dns.name.from_text("other.invalid."), dns.rdataclass.IN, rdtype)
 
 
 def _rrset(

@@ -2,27 +2,34 @@
 on request.
 
 One aiohttp server for every domain: the TLS ``server_name`` (SNI, RFC 6066 §3) picks the certificate, the
-Host header picks the domain.
+Host header picks the domain. Misbehaviours aiohttp cannot express (an HTTP/1.0 body ended by the close,
+endless header lines) are written raw on the request's transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import http
+import itertools
+import socket
 import ssl
+import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from ._certs import CertFactory
-from ._config import DomainConfig, RequestRecord, name_key
+from ._config import DomainConfig, RequestRecord, ResponseRecord, name_key
 
 __all__ = ["WELL_KNOWN_PATH", "HttpsServer"]
 
 WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
 DEFAULT_CERT_NAME = "unknown.invalid"
 _SHUTDOWN_TIMEOUT = 0.1  # requests still running when the world exits are cancelled after this
+_SLICE = 16_384  # bodies go out in awaited slices: a 10 MB body never sits whole in a send buffer
 
 
 class _Response(web.StreamResponse):
@@ -69,10 +76,13 @@ class HttpsServer:
         on_request: Callable[[RequestRecord], None],
         on_sni: Callable[[str], None],
         on_error: Callable[[BaseException], None],
+        *,
+        on_response: Callable[[ResponseRecord], None] = lambda record: None,
     ) -> None:
         self._domains = domains
         self._certs = certs
         self._on_request = on_request
+        self._on_response = on_response
         self._on_sni = on_sni
         self._on_error = on_error
         self._runner: web.AppRunner | None = None
@@ -119,9 +129,9 @@ class HttpsServer:
         config = self._domains.get(host[len("mta-sts.") :]) if host.startswith("mta-sts.") else None
         if config is None or request.path != WELL_KNOWN_PATH:
             return web.Response(status=404, text="not found\n")
-        return await self._serve(request, config)
+        return await self._serve(request, host, config)
 
-    async def _serve(self, request: web.Request, config: DomainConfig) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, host: str, config: DomainConfig) -> web.StreamResponse:
         if config.delay > 0:
             await asyncio.sleep(config.delay)
         body = config.body_bytes()
@@ -130,34 +140,150 @@ class HttpsServer:
             status = 301
         elif body is None and status == 200:
             status = 404
-        body = b"" if body is None else _encode(body, config.content_encoding)
-        response = _Response(status=status)
-        if config.content_type is None:
-            response.drop_content_type = True
-        else:
-            response.headers[hdrs.CONTENT_TYPE] = config.content_type
-        if config.content_encoding is not None:
-            response.headers[hdrs.CONTENT_ENCODING] = config.content_encoding
-        if config.redirect_to is not None:
-            response.headers[hdrs.LOCATION] = config.redirect_to
-        response.content_length = len(body)
+        if body is None:
+            body = b""
+        elif not config.precompressed:
+            body = _encode(body, config.content_encoding)
+        progress = _Progress(host, status, None if config.endless_headers is not None else len(body))
         try:
-            await response.prepare(request)
-            if request.method == hdrs.METH_HEAD or status < 200 or status in (204, 304):
-                pass  # RFC 9112 §6.3: these responses end with the headers
-            elif config.close_mid_body:
-                await response.write(body[: len(body) // 2])
-                if request.transport is not None:
-                    request.transport.abort()  # no TLS close_notify, no rest of the body
-                return response
-            elif config.body_chunk_delay > 0:
-                for index in range(len(body)):
-                    await response.write(body[index : index + 1])
-                    if index + 1 < len(body):
-                        await asyncio.sleep(config.body_chunk_delay)
-            else:
-                await response.write(body)
-            await response.write_eof()
-        except ConnectionError:  # the client went away mid-response: nothing left to do
+            if config.endless_headers is not None:
+                return await _endless_headers(request, config, status, progress)
+            if config.http10:
+                return await _http10(request, config, status, body, progress)
+            return await _http11(request, config, status, body, progress)
+        finally:
+            self._on_response(progress.record())
+
+
+class _Progress:
+    """How far one response got (becomes a :class:`ResponseRecord`)."""
+
+    def __init__(self, host: str, status: int, size: int | None) -> None:
+        self.host, self.status, self.size = host, status, size
+        self.sent = 0
+        self.complete = False
+
+    def record(self) -> ResponseRecord:
+        return ResponseRecord(self.host, self.status, self.size, self.sent, self.complete)
+
+
+def _has_body(request: web.Request, status: int) -> bool:
+    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 end with the headers."""
+    return request.method != hdrs.METH_HEAD and status >= 200 and status not in (204, 304)
+
+
+async def _write_body(
+    write: Callable[[bytes], Awaitable[None]], data: bytes, byte_delay: float, progress: _Progress
+) -> None:
+    """Write ``data`` in slices, each awaited (flow control: a client that stops reading stops the server)."""
+    if byte_delay > 0:
+        for index in range(len(data)):
+            await write(data[index : index + 1])
+            progress.sent += 1
+            if index + 1 < len(data):
+                await asyncio.sleep(byte_delay)
+        return
+    for start in range(0, len(data), _SLICE):
+        piece = data[start : start + _SLICE]
+        await write(piece)
+        progress.sent += len(piece)
+
+
+def _cut(transport: asyncio.Transport | None, *, reset: bool) -> None:
+    """Drop the connection without a TLS close_notify; with ``reset``, with a TCP RST (SO_LINGER 0)."""
+    if transport is None:
+        return
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _http11(
+    request: web.Request, config: DomainConfig, status: int, body: bytes, progress: _Progress
+) -> web.StreamResponse:
+    """An aiohttp response with ``Content-Length`` (RFC 9112 §6.2), misbehaving as ``config`` asks."""
+    response = _Response(status=status)
+    if config.content_type is None:
+        response.drop_content_type = True
+    else:
+        response.headers[hdrs.CONTENT_TYPE] = config.content_type
+    if config.content_encoding is not None:
+        response.headers[hdrs.CONTENT_ENCODING] = config.content_encoding
+    if config.redirect_to is not None:
+        response.headers[hdrs.LOCATION] = config.redirect_to
+    response.content_length = len(body)
+    try:
+        await response.prepare(request)
+        if not _has_body(request, status):
             pass
-        return response
+        elif config.close_mid_body or config.reset_mid_body:
+            await _write_body(response.write, body[: len(body) // 2], 0, progress)
+            _cut(request.transport, reset=config.reset_mid_body)  # no close_notify, no rest of the body
+            return response
+        else:
+            await _write_body(response.write, body, config.body_chunk_delay, progress)
+        await response.write_eof()
+        progress.complete = True
+    except ConnectionError:  # the client went away mid-response: nothing left to do
+        pass
+    return response
+
+
+async def _http10(
+    request: web.Request, config: DomainConfig, status: int, body: bytes, progress: _Progress
+) -> web.StreamResponse:
+    """An HTTP/1.0 response written raw, without ``Content-Length``: the body ends when the connection
+    closes (RFC 9112 §6.3 rule 8), normally with a TLS close_notify first (RFC 9112 §9.8)."""
+    lines = [f"HTTP/1.0 {status} {_reason(status)}"]
+    if config.content_type is not None:
+        lines.append(f"Content-Type: {config.content_type}")
+    if config.content_encoding is not None:
+        lines.append(f"Content-Encoding: {config.content_encoding}")
+    if config.redirect_to is not None:
+        lines.append(f"Location: {config.redirect_to}")
+    lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    writer, transport = request.writer, request.transport
+    try:
+        await writer.write(head)
+        if _has_body(request, status):
+            if config.close_mid_body or config.reset_mid_body:
+                await _write_body(writer.write, body[: len(body) // 2], 0, progress)
+                _cut(transport, reset=config.reset_mid_body)  # the client cannot tell this from the end
+                return web.Response()
+            await _write_body(writer.write, body, config.body_chunk_delay, progress)
+        await writer.drain()
+        progress.complete = True
+    except ConnectionError:
+        pass
+    if transport is not None:
+        transport.close()  # TLS close_notify, then FIN: the end of the body
+    return web.Response()  # never sent: aiohttp finds the transport closed and drops it
+
+
+async def _endless_headers(
+    request: web.Request, config: DomainConfig, status: int, progress: _Progress
+) -> web.StreamResponse:
+    """A status line, then header lines forever (one every ``config.endless_headers`` seconds)."""
+    writer, transport = request.writer, request.transport
+    try:
+        await writer.write(f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: text/plain\r\n".encode())
+        for index in itertools.count():
+            line = f"X-Endless-{index}: {'x' * 40}\r\n".encode()
+            await writer.write(line)
+            progress.sent += len(line)
+            await asyncio.sleep(config.endless_headers or 0)  # 0: as fast as the client reads
+    except ConnectionError:
+        pass
+    _cut(transport, reset=False)
+    return web.Response()
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Status"

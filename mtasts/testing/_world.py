@@ -19,7 +19,15 @@ import dns.rdatatype
 import trustme
 
 from ._certs import CertFactory
-from ._config import DomainConfig, DomainOptions, QueryRecord, RequestRecord, check_failure, name_key
+from ._config import (
+    DomainConfig,
+    DomainOptions,
+    QueryRecord,
+    RequestRecord,
+    ResponseRecord,
+    check_failure,
+    name_key,
+)
 from ._dns import DnsServer, Transport, Zone, txt_rdata
 from ._https import HttpsServer
 
@@ -66,6 +74,8 @@ class World:
         self.http_requests: collections.Counter[str] = collections.Counter()
         #: Every HTTP request received, in order.
         self.request_log: list[RequestRecord] = []
+        #: How every policy response ended, in order (complete, or cut after how many body bytes).
+        self.response_log: list[ResponseRecord] = []
         #: Every TLS server_name (SNI) the HTTPS server saw, in order.
         self.sni_names: list[str] = []
         #: Exceptions raised inside the servers (e.g. a record that cannot be encoded); empty in a sane world.
@@ -76,7 +86,12 @@ class World:
         self._certs = CertFactory(self.ca, self.untrusted_ca)
         self._dns = DnsServer(self._zone)
         self._https = HttpsServer(
-            self._domains, self._certs, self._record_request, self.sni_names.append, self._server_error
+            self._domains,
+            self._certs,
+            self._record_request,
+            self.sni_names.append,
+            self._server_error,
+            on_response=self.response_log.append,
         )
         self._dns_port: int | None = None
         self._https_port: int | None = None
@@ -244,7 +259,8 @@ class World:
 
     def set_failure(self, name: str, kind: str | None) -> None:
         """Make every query for ``name`` fail (``nxdomain``, ``servfail``, ``timeout``, ``nodata``,
-        ``refused``), overriding records and domain settings; ``None`` clears it."""
+        ``refused``) or be answered like a hostile server would (``wrong-id``, ``wrong-question``,
+        ``cname-loop``), overriding records and domain settings; ``None`` clears it."""
         check_failure(kind, "kind")
         if kind is None:
             self._zone.failures.pop(name_key(name), None)
@@ -265,12 +281,13 @@ class World:
         return self.http_requests[name_key(host)]
 
     def reset_counters(self) -> None:
-        """Forget every query, request and SNI name seen so far (not :attr:`errors`)."""
+        """Forget every query, request, response and SNI name seen so far (not :attr:`errors`)."""
         self.dns_queries.clear()
         self._queries_by_name.clear()
         self.dns_log.clear()
         self.http_requests.clear()
         self.request_log.clear()
+        self.response_log.clear()
         self.sni_names.clear()
 
     def _count_query(self, name: str, rdtype: str, transport: Transport) -> None:
