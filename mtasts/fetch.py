@@ -129,6 +129,11 @@ class _Decoder:
             return chunk[:limit]
         return bytes(self._zlib.decompress(chunk, limit))
 
+    def finish(self) -> None:
+        """The body ended: a compressed stream must have ended too, with nothing after it (never parse a prefix)."""
+        if self._zlib is not None and (not self._zlib.eof or self._zlib.unused_data):
+            raise PolicyFetchError("the compressed body is truncated or followed by other data")
+
 
 class PolicyFetcher:
     """Fetches and parses policies over HTTPS; one aiohttp session, bounded concurrency.
@@ -230,6 +235,7 @@ class PolicyFetcher:
                 detail = f" to {where[:200]!r} (redirects are not followed)" if where else ""
                 raise PolicyFetchError(f"{url}: HTTP {response.status}{detail} (RFC 8461 §3.3: 200 only)")
             _check_content_type(url, response.headers.get("Content-Type"))
+            _check_framing(url, response)
             decoder = _Decoder(response.headers.get("Content-Encoding", "").strip().lower())
             return await self._read_capped(url, response, decoder)
 
@@ -244,7 +250,20 @@ class PolicyFetcher:
             body += decoder.decode(chunk, limit - len(body))
             if len(body) >= limit:
                 raise PolicyError(f"{url}: the policy is larger than {self._max_size} bytes")
+        decoder.finish()
         return bytes(body)
+
+
+def _check_framing(url: str, response: aiohttp.ClientResponse) -> None:
+    """The body's end must be knowable: a Content-Length or chunked transfer coding (decisions table).
+
+    A body delimited only by the connection closing (HTTP/1.0 style) cannot be told from one an attacker cut
+    short with a TCP FIN or RST — asyncio reports a close without TLS close_notify like a clean one — and a cut
+    ``max_age: 86400`` reads as a valid ``max_age: 8`` (RFC 9112 §9.8: such a response is incomplete).
+    """
+    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+    if response.content_length is None and not chunked:
+        raise PolicyFetchError(f"{url}: a body without Content-Length or chunked coding (truncation undetectable)")
 
 
 def _check_content_type(url: str, content_type: str | None) -> None:
