@@ -639,7 +639,10 @@ class PolicyResolver:
             self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
         if entry is not None:  # §3.3 MUST: the valid cached policy applies
             return self._cached_lookup(key, entry, result_type, error)
-        return PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
+        lookup = PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
+        # Remembered briefly, like a DNS failure: a broken policy host must not cost a TXT query per message.
+        self._negative.put(key, lookup, self.clock() + min(self._dns_error_ttl, self._failure_backoff))
+        return lookup
 
     def _notify(
         self, key: str, policy_id: str, entry: CacheEntry | None, result_type: str | None, error: str, *, refresh: bool
