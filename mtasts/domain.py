@@ -39,23 +39,28 @@ def normalize_domain(name: str) -> str:
         try:
             ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
         except (idna.IDNAError, UnicodeError, ValueError) as exc:
-            raise DomainError(f"not a valid internationalized domain name: {name!r} ({exc})") from None
+            raise DomainError(f"not a valid internationalized domain name: {_shown(name)} ({exc})") from None
     if ascii_name.endswith("."):
         ascii_name = ascii_name[:-1]
     _check_host_name(ascii_name, name)
     return ascii_name
 
 
+def _shown(name: str, limit: int = 100) -> str:
+    """``name`` quoted for an error message, cut to ``limit`` characters (errors must stay small)."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
 def _check_host_name(ascii_name: str, original: str) -> None:
     if not ascii_name:
-        raise DomainError(f"empty domain name: {original!r}")
+        raise DomainError(f"empty domain name: {_shown(original)}")
     if len(ascii_name) > _abnf.MAX_NAME_LENGTH:
-        raise DomainError(f"domain name longer than {_abnf.MAX_NAME_LENGTH} characters: {original[:80]!r}...")
+        raise DomainError(f"domain name longer than {_abnf.MAX_NAME_LENGTH} characters: {_shown(original)}")
     for label in ascii_name.split("."):
         if len(label) > _abnf.MAX_LABEL_LENGTH:
-            raise DomainError(f"label longer than {_abnf.MAX_LABEL_LENGTH} characters in {original!r}")
+            raise DomainError(f"label longer than {_abnf.MAX_LABEL_LENGTH} characters in {_shown(original)}")
         if _ldh_label.fullmatch(label) is None:
-            raise DomainError(f"not a valid host name (RFC 5321 §4.1.2): {original!r}")
+            raise DomainError(f"not a valid host name (RFC 5321 §4.1.2): {_shown(original)}")
 
 
 def is_host_name(name: str) -> bool:

@@ -74,3 +74,9 @@ def test_non_str_is_a_domain_error() -> None:
 )
 def test_is_address_literal(name: str, expected: bool) -> None:
     assert is_address_literal(name) is expected
+
+
+def test_error_messages_stay_small() -> None:
+    with pytest.raises(DomainError) as info:
+        normalize_domain("a/" * 50_000)
+    assert len(str(info.value)) < 300

@@ -55,6 +55,8 @@ def test_valid_records(text: str, expected_id: str) -> None:
         "v=STSv1; id=1\n",
         "v=STSv1\x0b; id=1",
         "v=STSv1; foo=bar",  # no id
+        "v=STSv1; id=1 ",  # WSP after the last field belongs to a delimiter, and there is none
+        "v=STSv1; id=1" + "; id=1" * 40 + "; !",  # failed in exponential time before (docs/fuzzing.md)
     ],
 )
 def test_invalid_records(text: str) -> None:

@@ -29,18 +29,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import MTASTSError
+from ..txt import split_record
 
 __all__ = ["TlsRptRecord", "TlsRptRecordError", "parse_tlsrpt_record", "select_tlsrpt_record"]
 
 _WSP = r"[ \t]"
-_FIELD_DELIM = _WSP + r"*;" + _WSP + r"*"
 # RFC 3986 URI characters (unreserved, reserved, "%" of pct-encoded), less the three RFC 8460 says MUST be encoded.
 _URI = r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@$&'()*+=%]+"
 _RUA = r"rua=" + _URI + r"(?:" + _WSP + r"*," + _WSP + r"*" + _URI + r")*"
 _EXT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
 _EXT_VALUE = r"[\x21-\x3a\x3c\x3e-\x7e]+"
-_FIELD = r"(?:" + _RUA + r"|" + _EXT_NAME + r"=" + _EXT_VALUE + r")"
-_RECORD = re.compile(r"v=TLSRPTv1(?:" + _FIELD_DELIM + _FIELD + r")+(?:" + _FIELD_DELIM + r")?")
+# Matched field by field (mtasts.txt.split_record): "rua=mailto:..." is both a tlsrpt-rua and an extension, so
+# one regex for the whole record backtracks exponentially on a failing record (found by benchmarks/fuzz.py).
+_FIELD = re.compile(r"(?:" + _RUA + r"|" + _EXT_NAME + r"=" + _EXT_VALUE + r")")
 _RUA_VALUE = re.compile(_WSP + r"*," + _WSP + r"*")
 _RUA_FIELD = re.compile(_RUA)
 _PREFIX = re.compile(r"v=TLSRPTv1" + _WSP + r"*;")
@@ -71,14 +72,11 @@ def parse_tlsrpt_record(text: str | bytes) -> TlsRptRecord:
         raise TlsRptRecordError(f"a TLS-RPT record must be str or bytes, not {type(text).__name__}")
     if not text.startswith("v=TLSRPTv1"):
         raise TlsRptRecordError("the TLS-RPT record does not begin with v=TLSRPTv1 (RFC 8460 §3)")
-    if _RECORD.fullmatch(text) is None:
-        raise TlsRptRecordError(f"the TLS-RPT record does not match the RFC 8460 §3 grammar: {text[:200]!r}")
     rua: list[str] | None = None
     extensions: dict[str, str] = {}
-    for raw in text.split(";")[1:]:
-        item = raw.strip(" \t")
-        if not item:
-            continue
+    for item in split_record(text, "v=TLSRPTv1", TlsRptRecordError, "RFC 8460 §3"):
+        if _FIELD.fullmatch(item) is None:
+            raise TlsRptRecordError(f"invalid field {item[:80]!r} in the TLS-RPT record (RFC 8460 §3 grammar)")
         name, _, value = item.partition("=")
         if name == "rua":
             # "rua=..." also has the shape of an extension; the first rua field must be a valid URI list.
