@@ -296,6 +296,25 @@ class Target:
         pass
 
 
+class StrOrBytesTarget(Target):
+    """A parser that takes ``str | bytes``: fed bytes as often as text, and now and then a value of another type."""
+
+    bytes_share: ClassVar[float] = 0.45
+    odd_values: ClassVar[tuple[object, ...]] = (None, 7)
+
+    def generate(self) -> Any:
+        data = self.raw()
+        r = self.rng.random()
+        if r < self.bytes_share:
+            return data
+        if r < self.bytes_share + 0.02:
+            return self.rng.choice([bytearray(data), memoryview(data), *self.odd_values])
+        return self.text(data)
+
+    def from_bytes(self, data: bytes) -> Any:
+        return data
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise Violation(message)
@@ -378,29 +397,18 @@ def _txt_seeds() -> list[bytes]:
     return [_enc(r) for r in records] + [b"v=STSv1; id=20160831085700Z;", b"v=STSv1 ; id=1 ; x=y ;"]
 
 
-class TxtTarget(Target):
+class TxtTarget(StrOrBytesTarget):
     name = "txt"
     contract = "parse_txt_record(str | bytes) -> TxtRecord, else TxtRecordError"
     errors = (TxtRecordError,)
     tokens = TXT_TOKENS
+    odd_values = (None, 7, [b"v=STSv1; id=1"])
 
     def seeds(self) -> list[bytes]:
         return _txt_seeds()
 
     def grammar(self) -> bytes:
         return _enc(_txt_record(self.rng))
-
-    def generate(self) -> Any:
-        data = self.raw()
-        r = self.rng.random()
-        if r < 0.45:
-            return data
-        if r < 0.47:
-            return self.rng.choice([bytearray(data), memoryview(data), None, 7, [data]])
-        return self.text(data)
-
-    def from_bytes(self, data: bytes) -> Any:
-        return data
 
     def call(self, value: Any) -> bool:
         self.record = parse_txt_record(value)
@@ -497,29 +505,19 @@ def _policy_body(rng: random.Random) -> str:
     return ("\ufeff" + body) if rng.random() < 0.05 else body
 
 
-class PolicyTarget(Target):
+class PolicyTarget(StrOrBytesTarget):
     name = "policy"
     contract = "parse_policy(str | bytes) -> Policy, else PolicyError (sts-policy-invalid)"
     errors = (PolicyError,)
     tokens = POLICY_TOKENS
+    bytes_share = 0.5
+    odd_values = (None, 1.5)
 
     def seeds(self) -> list[bytes]:
         return [_enc(vector["body"]) for vector in _load("policy.json")]
 
     def grammar(self) -> bytes:
         return _enc(_policy_body(self.rng))
-
-    def generate(self) -> Any:
-        data = self.raw()
-        r = self.rng.random()
-        if r < 0.5:
-            return data
-        if r < 0.52:
-            return self.rng.choice([bytearray(data), memoryview(data), None, 1.5])
-        return self.text(data)
-
-    def from_bytes(self, data: bytes) -> Any:
-        return data
 
     def call(self, value: Any) -> bool:
         self.policy = parse_policy(value)
@@ -925,7 +923,7 @@ def _tlsrpt_seeds() -> list[bytes]:
     ]
 
 
-class TlsRptTarget(Target):
+class TlsRptTarget(StrOrBytesTarget):
     name = "tlsrpt"
     contract = "parse_tlsrpt_record(str | bytes) -> TlsRptRecord, else TlsRptRecordError"
     errors = (TlsRptRecordError,)
@@ -936,18 +934,6 @@ class TlsRptTarget(Target):
 
     def grammar(self) -> bytes:
         return _enc(_tlsrpt_record(self.rng))
-
-    def generate(self) -> Any:
-        data = self.raw()
-        r = self.rng.random()
-        if r < 0.45:
-            return data
-        if r < 0.47:
-            return self.rng.choice([bytearray(data), memoryview(data), None, 7])
-        return self.text(data)
-
-    def from_bytes(self, data: bytes) -> Any:
-        return data
 
     def call(self, value: Any) -> bool:
         self.record = parse_tlsrpt_record(value)
