@@ -63,14 +63,6 @@ def _check_host_name(ascii_name: str, original: str) -> None:
             raise DomainError(f"not a valid host name (RFC 5321 §4.1.2): {_shown(original)}")
 
 
-def is_host_name(name: str) -> bool:
-    """True when ``name`` is already in normal form (lowercase A-labels, no trailing dot, valid syntax)."""
-    try:
-        return normalize_domain(name) == name
-    except DomainError:
-        return False
-
-
 def is_address_literal(name: str) -> bool:
     """True for an RFC 5321 address literal (``[192.0.2.1]``, ``[IPv6:...]``) or a bare IP address."""
     if not isinstance(name, str):
