@@ -12,9 +12,10 @@ The grammar is in :mod:`mtasts._abnf`. Rules applied here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from . import _abnf
 from .errors import MTASTSError, TxtRecordError
@@ -22,6 +23,7 @@ from .errors import MTASTSError, TxtRecordError
 __all__ = ["TxtRecord", "parse_txt_record", "select_txt_record"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,20 @@ def split_record(record: str, version: str, error: type[MTASTSError], source: st
     if not fields:
         raise error(f"the record has no fields after {version} ({source})")
     return [field.strip(" \t") for field in fields]
+
+
+def select_one(
+    records: Iterable[str | bytes], is_candidate: Callable[[str | bytes], bool], parse: Callable[[str | bytes], R]
+) -> R | None:
+    """The multiple-record rule shared by RFC 8461 §3.1 and RFC 8460 §3: keep the records ``is_candidate`` accepts;
+    unless exactly one is left and ``parse`` accepts it (rather than raising an MTASTSError), the answer is None."""
+    candidates = [record for record in records if is_candidate(record)]
+    if len(candidates) != 1:
+        return None
+    try:
+        return parse(candidates[0])
+    except MTASTSError:
+        return None
 
 
 def parse_txt_record(text: str | bytes) -> TxtRecord:
@@ -107,10 +123,4 @@ def select_txt_record(records: Iterable[str | bytes]) -> TxtRecord | None:
     not begin with ``v=STSv1;`` are discarded; if not exactly one remains, or it is invalid, return ``None``:
     "senders MUST assume the recipient domain does not have an available MTA-STS Policy".
     """
-    candidates = [record for record in records if is_sts_record(record)]
-    if len(candidates) != 1:
-        return None
-    try:
-        return parse_txt_record(candidates[0])
-    except TxtRecordError:
-        return None
+    return select_one(records, is_sts_record, parse_txt_record)

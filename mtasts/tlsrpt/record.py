@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import MTASTSError
-from ..txt import split_record
+from ..txt import select_one, split_record
 
 __all__ = ["TlsRptRecord", "TlsRptRecordError", "parse_tlsrpt_record", "select_tlsrpt_record"]
 
@@ -97,14 +97,9 @@ def parse_tlsrpt_record(text: str | bytes) -> TlsRptRecord:
 
 def select_tlsrpt_record(records: Iterable[str | bytes]) -> TlsRptRecord | None:
     """RFC 8460 §3's multiple-record rule: the one valid ``v=TLSRPTv1;`` record, else None."""
-    candidates = []
-    for record in records:
+
+    def is_candidate(record: str | bytes) -> bool:
         text = record.decode("ascii", "replace") if isinstance(record, bytes | bytearray | memoryview) else record
-        if isinstance(text, str) and _PREFIX.match(text):
-            candidates.append(record)
-    if len(candidates) != 1:
-        return None
-    try:
-        return parse_tlsrpt_record(candidates[0])
-    except TlsRptRecordError:
-        return None
+        return isinstance(text, str) and _PREFIX.match(text) is not None
+
+    return select_one(records, is_candidate, parse_tlsrpt_record)
