@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from mtasts import PolicyResolver
+from mtasts.stores import MemoryStore
 from mtasts.testing import World
 
 from ._smtp import MailWorld, mail_world
@@ -48,3 +50,10 @@ async def mail(world: World) -> AsyncIterator[MailWorld]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+async def resolver(world: World) -> AsyncIterator[PolicyResolver]:
+    """A resolver on the world with a memory store (modules needing other settings define their own)."""
+    async with world.policy_resolver(clock=FakeClock(), store=MemoryStore(), fetch_timeout=5.0) as r:
+        yield r

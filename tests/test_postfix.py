@@ -20,10 +20,7 @@ import pytest
 
 from mtasts import PolicyResolver
 from mtasts.socketmap import SocketmapServer
-from mtasts.stores import MemoryStore
 from mtasts.testing import World
-
-from .conftest import FakeClock
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 86400\n"
 SECURE = b"secure match=mx.example.com:.example.net servername=hostname\n"
@@ -59,12 +56,6 @@ async def world() -> AsyncIterator[World]:
         w.publish("slow.example", ENFORCE, delay=1.0)
         yield w
         assert not w.errors
-
-
-@pytest.fixture
-async def resolver(world: World) -> AsyncIterator[PolicyResolver]:
-    async with world.policy_resolver(clock=FakeClock(), store=MemoryStore(), fetch_timeout=5.0) as r:
-        yield r
 
 
 async def postmap(config: Path, key: str, table: str) -> tuple[int, bytes, bytes]:

@@ -25,10 +25,7 @@ from mtasts.socketmap import (
     parse_listen,
     serve,
 )
-from mtasts.stores import MemoryStore
 from mtasts.testing import World
-
-from .conftest import FakeClock
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmx: mx.example.com\nmax_age: 86400\n"
 OK_ENFORCE = b"OK secure match=mx.example.com:.example.net servername=hostname"
@@ -51,12 +48,6 @@ async def world() -> AsyncIterator[World]:
             w.publish(f"d{i}.example", OTHER.format(name=f"d{i}.example"))
         yield w
         assert not w.errors
-
-
-@pytest.fixture
-async def resolver(world: World) -> AsyncIterator[PolicyResolver]:
-    async with world.policy_resolver(clock=FakeClock(), store=MemoryStore(), fetch_timeout=5.0) as r:
-        yield r
 
 
 @pytest.fixture
