@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from .domain import is_address_literal, normalize_domain
 from .errors import (
     DomainError,
+    LocalError,
+    LookupDeferredError,
     MTASTSError,
     PolicyError,
     PolicyFetchError,
@@ -62,6 +64,8 @@ __all__ = [
     "NOT_CACHED",
     "DomainError",
     "FetchFailure",
+    "LocalError",
+    "LookupDeferredError",
     "LookupStatus",
     "MTASTSError",
     "Mode",

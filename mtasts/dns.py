@@ -1,7 +1,10 @@
 """DNS for MTA-STS through dnspython: the ``_mta-sts`` TXT discovery (RFC 8461 §3.1) and host addresses.
 
 This module is a boundary: every dnspython exception is translated here, into a :class:`TxtAnswer` status
-(discovery never raises) or a :class:`~mtasts.errors.PolicyFetchError` (policy host addresses).
+(discovery never raises) or a :class:`~mtasts.errors.PolicyFetchError` (policy host addresses). A query that
+could not be made because of this machine — no free descriptor or buffer (EMFILE, ENFILE, ENOBUFS), the query
+queue full past its wait — is told apart from a failure of the domain: :attr:`TxtStatus.LOCAL_ERROR`, or
+:class:`~mtasts.errors.LocalError`. It says nothing about the domain and must never become "no policy".
 
 The resolver is the caller's ``dns.asyncresolver.Resolver``: point it at any server and it defines the world.
 mtasts never enables dnspython's own cache (all caching decisions use the injected clock).
@@ -9,7 +12,6 @@ mtasts never enables dnspython's own cache (all caching decisions use the inject
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import random
 from dataclasses import dataclass
@@ -21,7 +23,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from .errors import MTASTSError, PolicyFetchError
+from ._exceptions import local_os_error
+from ._gate import Gate
+from .errors import LocalError, MTASTSError, PolicyFetchError
 
 __all__ = [
     "DnsResolver",
@@ -54,15 +58,15 @@ class DnsResolver(Protocol):
 
 
 class GatedResolver:
-    """At most ``limit`` queries in flight through ``resolver``.
+    """At most ``limit`` queries in flight through ``resolver``; a query waits at most ``wait`` seconds for a slot.
 
     dnspython opens a socket per query: ten thousand concurrent lookups would hold ten thousand sockets. The
-    resolver bounds its own queries with this (``PolicyResolver(max_concurrent_dns=...)``).
+    resolver bounds its own queries with this (``PolicyResolver(max_concurrent_dns=..., queue_timeout=...)``).
     """
 
-    def __init__(self, resolver: DnsResolver, limit: int) -> None:
+    def __init__(self, resolver: DnsResolver, limit: int, wait: float = 30.0) -> None:
         self.resolver = resolver
-        self._gate = asyncio.Semaphore(limit)
+        self._gate = Gate(limit, wait, "DNS query")
 
     async def resolve(
         self,
@@ -83,6 +87,7 @@ class TxtStatus(enum.StrEnum):
     NXDOMAIN = "nxdomain"  # the name does not exist (or a CNAME chain ends in NXDOMAIN)
     NODATA = "nodata"  # the name exists but has no TXT record
     ERROR = "error"  # SERVFAIL, REFUSED, timeout, malformed answer: nothing is known
+    LOCAL_ERROR = "local-error"  # the query could not be made here (descriptors, buffers, a full queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _describe_local(exc: OSError) -> str:
+    return f"a local resource ran out: {exc.strerror or exc}"
+
+
 async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
     """Query the TXT records of ``name`` (an absolute A-label name, no trailing dot needed). Never raises.
 
@@ -110,7 +119,12 @@ async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
         answer = await resolver.resolve(qname, dns.rdatatype.TXT, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return TxtAnswer(TxtStatus.NXDOMAIN)
+    except LocalError as exc:
+        return TxtAnswer(TxtStatus.LOCAL_ERROR, error=exc.message)
     except _DNS_FAILURES as exc:
+        local = local_os_error(exc)
+        if local is not None:
+            return TxtAnswer(TxtStatus.LOCAL_ERROR, error=_describe_local(local))
         return TxtAnswer(TxtStatus.ERROR, error=_describe(exc))
     if answer.rrset is None:
         return TxtAnswer(TxtStatus.NODATA)
@@ -130,6 +144,9 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
         except dns.resolver.NXDOMAIN:
             raise PolicyFetchError(f"{host}: no such host (NXDOMAIN)") from None
         except _DNS_FAILURES as exc:
+            local = local_os_error(exc)
+            if local is not None:
+                raise LocalError(f"{host}: {_describe_local(local)}") from None
             problems.append(f"{dns.rdatatype.to_text(rdtype)}: {_describe(exc)}")
             continue
         if answer.rrset is not None:
@@ -158,11 +175,15 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
         answer = await resolver.resolve(qname, dns.rdatatype.MX, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         raise MXPermanentFailure(f"{domain}: no such domain (NXDOMAIN)") from None
+    except LocalError as exc:
+        raise MXTransientFailure(f"{domain}: MX lookup failed here ({exc.message})") from None
     except _DNS_FAILURES as exc:
         raise MXTransientFailure(f"{domain}: MX lookup failed ({type(exc).__name__}: {exc})") from None
     if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
         try:
             await resolve_addresses(resolver, domain)
+        except LocalError as exc:
+            raise MXTransientFailure(f"{domain}: address lookup failed here ({exc.message})") from None
         except PolicyFetchError as exc:
             raise MXPermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
         return [domain]

@@ -16,6 +16,8 @@ from .results import ResultType
 
 __all__ = [
     "DomainError",
+    "LocalError",
+    "LookupDeferredError",
     "MTASTSError",
     "PolicyError",
     "PolicyFetchError",
@@ -72,3 +74,27 @@ class PolicyWebPKIError(PolicyFetchError):
     """The policy host's certificate is invalid (RFC 8461 §3.3) — ``sts-webpki-invalid``."""
 
     default_result_type = ResultType.STS_WEBPKI_INVALID
+
+
+class LocalError(MTASTSError):
+    """A step failed for a reason on *this* side, not the Policy Domain's: descriptor or buffer exhaustion
+    (EMFILE, ENFILE, ENOBUFS), a full DNS or fetch queue past its wait, a store that cannot be read, the resolver
+    closing, an internal error.
+
+    Never reported as "no policy" (the lookup's status is ``local-error`` and the mail is deferred) and never
+    reported to the domain in TLS-RPT: it is not a failure of the domain (``result_type`` is None).
+    """
+
+
+class LookupDeferredError(MTASTSError):
+    """:meth:`PolicyResolver.get_policy` cannot say which policy applies now: try again later (defer the mail).
+
+    Raised for a ``local-error`` lookup, and for a ``dns-error`` lookup when the resolver was made with
+    ``dns_error="defer"``. ``domain`` and ``status`` (a :class:`~mtasts.resolver.LookupStatus` value) say
+    which; :meth:`PolicyResolver.lookup` returns the same outcome as a value instead.
+    """
+
+    def __init__(self, message: str, *, domain: str, status: str) -> None:
+        super().__init__(message)
+        self.domain = domain
+        self.status = status

@@ -10,7 +10,9 @@
 * a total deadline (connect to last byte, §3.3 MAY; default 60 s) and a body cap (default 64 KiB,
   inclusive), counted on *decoded* bytes: a ``Content-Encoding: gzip`` bomb stops at the cap (C14);
 * every foreign exception mapped here, once, to :class:`PolicyFetchError` / :class:`PolicyWebPKIError`
-  / :class:`PolicyError` with its RFC 8460 result type (decisions table).
+  / :class:`PolicyError` with its RFC 8460 result type (decisions table) — or to :class:`LocalError` when the
+  failure was this machine's (no free descriptor, buffer or local port; the fetch queue full past its wait),
+  which says nothing about the domain.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import aiohttp
 import aiohttp.abc
 
 from . import dns as mtasts_dns
-from .errors import MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
+from ._exceptions import exception_chain, local_os_error
+from ._gate import Gate
+from .errors import LocalError, MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
 from .policy import Policy, parse_policy
 
 __all__ = ["FetchReport", "PolicyFetcher", "policy_url"]
@@ -81,14 +85,10 @@ class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
 
 
 def _is_certificate_error(exc: BaseException) -> bool:
-    link: BaseException | None = exc
-    for _ in range(8):
-        if link is None:
-            return False
-        if isinstance(link, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
-            return True
-        link = link.__cause__ or link.__context__
-    return False
+    return any(
+        isinstance(link, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError)
+        for link in exception_chain(exc)
+    )
 
 
 @contextlib.contextmanager
@@ -103,6 +103,9 @@ def _map_exceptions(url: str, timeout: float) -> Iterator[None]:
     except TimeoutError:
         raise PolicyFetchError(f"{url}: no complete response within {timeout:g} s") from None
     except (aiohttp.ClientError, OSError, ValueError, EOFError, zlib.error) as exc:
+        local = local_os_error(exc)
+        if local is not None:
+            raise LocalError(f"{url}: a local resource ran out: {local.strerror or local}") from None
         detail = f"{url}: {type(exc).__name__}: {exc}"
         if _is_certificate_error(exc):
             raise PolicyWebPKIError(detail) from None
@@ -151,6 +154,7 @@ class PolicyFetcher:
         idle_timeout: float = 15.0,
         max_size: int = 65_536,
         max_concurrent: int = 512,
+        queue_timeout: float = 30.0,
         user_agent: str = "mtasts",
     ) -> None:
         self._dns_resolver = dns_resolver
@@ -163,7 +167,7 @@ class PolicyFetcher:
             total=None, connect=min(idle_timeout, timeout), sock_read=min(idle_timeout, timeout)
         )
         self._max_size = max_size
-        self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._gate = Gate(max_concurrent, queue_timeout, "policy fetch")
         self._headers = {
             "User-Agent": user_agent,
             "Accept": "text/plain",
@@ -208,7 +212,7 @@ class PolicyFetcher:
     async def fetch_body(self, domain: str, report: FetchReport | None = None) -> bytes:
         """Fetch the raw policy body (decoded, at most ``max_size`` bytes) after every HTTP-level check."""
         url = policy_url(domain, self._port)
-        async with self._semaphore:
+        async with self._gate:
             with _map_exceptions(url, self._timeout):
                 async with asyncio.timeout(self._timeout):
                     return await self._get(url, report)

@@ -12,15 +12,20 @@ For a Policy Domain, :meth:`PolicyResolver.lookup` does what §3, §3.3, §5.1 a
    is not fetched again for ``failure_backoff`` seconds (§3.3 SHOULD, 5 minutes).
 4. No TXT record, an invalid one, SERVFAIL or a timeout never evict a live cached policy (§3.1 note, §10.2).
    Without one, the domain has no policy — but :class:`PolicyLookup` says whether none is published or DNS
-   failed, so a cautious MTA can defer.
+   failed, and with ``dns_error="defer"`` a DNS failure is "try again later" instead.
 5. An expired policy is never used (§3.3 "valid (non-expired)"); ``max_age: 0`` applies once, uncached.
+6. Trouble on *this* side — no free descriptor for a DNS or HTTPS socket, a DNS or fetch queue full past
+   ``queue_timeout``, a store that cannot be read on a memory miss, the resolver closing, a bug — never ends in
+   "no policy": the cached policy applies if there is one, else the lookup is ``LOCAL_ERROR`` ("try again
+   later": :attr:`PolicyLookup.defer`). It is not remembered, not backed off and not reported to the domain.
 
 Also: address literals have no policy and cause no I/O (§3.4); there is no parent-zone fallback (§3.4);
 concurrent lookups of one domain share one DNS query and one fetch (single-flight); "no policy" answers are
 remembered for ``negative_ttl``; :meth:`refresh_due` / :meth:`start_background_refresh` re-fetch cached
 policies before they expire (§3.3 SHOULD, §10.2), logging failures unless the cached mode is none.
 
-The ``clock`` is the only time source for every cache decision.
+The ``clock`` is the only time source for every cache decision, read through a
+:class:`~mtasts.clock.SteadyClock`: if the wall clock steps back, cached answers still age in real time.
 """
 
 from __future__ import annotations
@@ -43,12 +48,13 @@ import dns.exception
 from . import dns as mtasts_dns
 from ._checks import check_count, check_seconds
 from .cache import CacheEntry, ExpiringCache, PolicyCache
+from .clock import SteadyClock
 from .domain import is_address_literal, normalize_domain
-from .errors import MTASTSError
+from .errors import LocalError, LookupDeferredError, MTASTSError
 from .fetch import PolicyFetcher
 from .policy import Mode, Policy, parse_policy
 from .stores._base import PolicyStore, StoredPolicy
-from .stores._link import StoreLink
+from .stores._link import StoreLink, StoreUnavailable
 from .tls import create_client_context, ensure_strict
 from .txt import select_txt_record
 
@@ -76,6 +82,11 @@ class LookupStatus(enum.StrEnum):
     DNS_ERROR = "dns-error"  # the TXT query failed (SERVFAIL, timeout) and nothing is cached: unknown
     FETCH_ERROR = "fetch-error"  # valid TXT record, but no valid policy could be fetched; nothing cached
     NOT_APPLICABLE = "not-applicable"  # an address literal: MTA-STS does not apply (§3.4)
+    LOCAL_ERROR = "local-error"  # failed for a reason on this side (descriptors, a full queue, the store...)
+
+
+#: How ``PolicyResolver(dns_error=...)`` treats a failed TXT query with nothing cached.
+DNS_ERROR_MODES: Final = ("no-policy", "defer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,9 @@ class PolicyLookup:
     #: RFC 8460 result type of a failure seen during this lookup (even when a cached policy still applies).
     result_type: str | None = None
     error: str | None = None
+    #: True when no answer can be given now: defer the mail and try again later. Set for ``LOCAL_ERROR``, and
+    #: for ``DNS_ERROR`` under ``dns_error="defer"``; ``policy`` is then None but does *not* mean "no policy".
+    defer: bool = False
 
     @property
     def expires_at(self) -> float | None:
@@ -172,6 +186,9 @@ class PolicyResolver:
         on_refresh_failure: Callable[[FetchFailure], object] | None = None,
         store: PolicyStore | None = None,
         store_retry: float = 30.0,
+        dns_error: str = "no-policy",
+        queue_timeout: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in [
             ("fetch_timeout", fetch_timeout),
@@ -182,8 +199,11 @@ class PolicyResolver:
             ("dns_error_ttl", dns_error_ttl),
             ("refresh_interval", refresh_interval),
             ("store_retry", store_retry),
+            ("queue_timeout", queue_timeout),
         ]:
             check_seconds(name, value)
+        if dns_error not in DNS_ERROR_MODES:
+            raise MTASTSError(f"dns_error must be one of {', '.join(map(repr, DNS_ERROR_MODES))}, not {dns_error!r}")
         for name, count in [
             ("max_policy_size", max_policy_size),
             ("cache_size", cache_size),
@@ -199,8 +219,10 @@ class PolicyResolver:
             except dns.exception.DNSException as exc:
                 raise MTASTSError(f"cannot read the system DNS configuration: {exc}") from None
         self.dns_resolver = dns_resolver
-        self._dns = mtasts_dns.GatedResolver(dns_resolver, max_concurrent_dns)  # this resolver's own queries
-        self.clock = clock
+        self._dns = mtasts_dns.GatedResolver(dns_resolver, max_concurrent_dns, queue_timeout)  # its own queries
+        self._steady = SteadyClock(clock, monotonic)  # every cache time, through a clock that cannot step back
+        self._now = self._steady.now
+        self.dns_error = dns_error
         self._fetcher = PolicyFetcher(
             dns_resolver=self._dns,
             ssl_context=ensure_strict(ssl_context) if ssl_context is not None else create_client_context(),
@@ -209,6 +231,7 @@ class PolicyResolver:
             idle_timeout=fetch_idle_timeout,
             max_size=max_policy_size,
             max_concurrent=max_concurrent_fetches,
+            queue_timeout=queue_timeout,
         )
         self._cache = PolicyCache(cache_size)
         self._cache_data = self._cache.data  # bound once for the hot path
@@ -217,7 +240,7 @@ class PolicyResolver:
         self._negative: ExpiringCache[PolicyLookup] = ExpiringCache(negative_cache_size)
         # domain -> the last failed fetch (its id, result type, retry time): §3.3 back-off per version id
         self._failures: cachetools.TLRUCache[str, _Failure] = cachetools.TLRUCache(
-            maxsize=negative_cache_size, ttu=_failure_expiry, timer=clock
+            maxsize=negative_cache_size, ttu=_failure_expiry, timer=self._now
         )
         self._failure_backoff = failure_backoff
         self._store = StoreLink(store, retry_after=store_retry) if store is not None else None
@@ -232,6 +255,11 @@ class PolicyResolver:
         self._background: asyncio.Task[None] | None = None
         self._next_refresh_at = -math.inf  # no refresh is due before this time (refresh_due's fast exit)
         self._closed = False
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The injected wall clock (read through a :class:`~mtasts.clock.SteadyClock`)."""
+        return self._steady.wall
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -248,7 +276,7 @@ class PolicyResolver:
     async def _restore(self) -> None:
         if self._store is None:
             return
-        now, restored = self.clock(), 0
+        now, restored = self._now(), 0
         parsed: dict[str, Policy] = {}  # policy text -> policy: domains sharing a policy parse it once
         async for row in self._store.scan():
             restored += self._adopt(row, now, parsed)
@@ -290,15 +318,21 @@ class PolicyResolver:
             if policy is NOT_CACHED:
                 policy = await resolver.get_policy(domain)
         """
-        now = self.clock()
+        steady = self._steady  # SteadyClock.now, inlined: the wall clock, unless it stepped back
+        now = steady.wall() + steady.offset
+        if now < steady.last:
+            now = steady.now()
+        else:
+            steady.last = now
         try:
             packed = self._cache_data.get(domain)  # the hot path, inlined (PolicyCache.fresh_policy)
         except TypeError:  # unhashable: not a domain name (_key raises the typed error below)
             packed = None
         if packed is not None and now < (packed & _LOW32):
             return self._cache_policies[(packed >> 64) & _LOW32]
-        if self._negative.get(domain, now) is not None:  # hot too: most domains publish no policy
-            return None
+        negative = self._negative.get(domain, now)  # hot too: most domains publish no policy
+        if negative is not None:
+            return NOT_CACHED if negative.defer else None
         key = self._key(domain)
         if key is None:
             return None
@@ -306,23 +340,39 @@ class PolicyResolver:
             policy = self._cache.fresh_policy(key, now)
             if policy is not None:
                 return policy
-            if self._negative.get(key, now) is not None:
-                return None
+            negative = self._negative.get(key, now)
+            if negative is not None:
+                return NOT_CACHED if negative.defer else None
         return NOT_CACHED
 
     async def get_policy(self, domain: str) -> Policy | None:
         """The policy to apply now to mail for ``domain`` (fetched or cached), or None when it has none usable.
 
         Never raises for DNS, HTTP or policy failures of the domain (they end in None or the cached policy);
-        raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name.
+        raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name, and
+        :class:`~mtasts.errors.LookupDeferredError` when no answer can be given now (a ``LOCAL_ERROR`` lookup,
+        or a DNS failure under ``dns_error="defer"``): defer the mail — ``None`` would mean "no policy".
         """
-        packed = self._cache_data.get(domain) if type(domain) is str else None  # hot path, as in cached_policy
-        if packed is not None and self.clock() < (packed & _LOW32):
-            return self._cache_policies[(packed >> 64) & _LOW32]
+        if type(domain) is str:  # the hot path, as in cached_policy
+            packed = self._cache_data.get(domain)
+            if packed is not None:
+                steady = self._steady
+                now = steady.wall() + steady.offset
+                if steady.last <= now:
+                    steady.last = now
+                    if now < (packed & _LOW32):
+                        return self._cache_policies[(packed >> 64) & _LOW32]
         policy = self.cached_policy(domain)
         if policy is not NOT_CACHED:
             return policy
-        return (await self.lookup(domain)).policy
+        lookup = await self.lookup(domain)
+        if lookup.defer:
+            raise LookupDeferredError(
+                f"no MTA-STS answer for {lookup.domain} now ({lookup.status}: {lookup.error}): try again later",
+                domain=lookup.domain,
+                status=lookup.status,
+            )
+        return lookup.policy
 
     async def lookup(self, domain: str) -> PolicyLookup:
         """Like :meth:`get_policy`, with details: status, id, fetch time, failure seen (:class:`PolicyLookup`)."""
@@ -330,7 +380,9 @@ class PolicyResolver:
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
         if self._started is None or not self._started.done():
-            await self.start()
+            closed = await self._start_for(key)
+            if closed is not None:
+                return closed
         remembered = self._from_memory(key)
         if remembered is not None:
             return remembered
@@ -345,7 +397,9 @@ class PolicyResolver:
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
         self._negative.pop(key)
-        await self.start()
+        closed = await self._start_for(key)
+        if closed is not None:
+            return closed
         return await self._single_flight(key, "recheck", lambda: self._resolve(key))
 
     async def refresh(self, domain: str) -> PolicyLookup:
@@ -354,7 +408,9 @@ class PolicyResolver:
         if key is None:
             return PolicyLookup(domain, LookupStatus.NOT_APPLICABLE)
         self._negative.pop(key)
-        await self.start()
+        closed = await self._start_for(key)
+        if closed is not None:
+            return closed
         return await self._single_flight(key, "refresh", lambda: self._resolve(key, refresh=True))
 
     async def refresh_due(self, *, limit: int | None = None) -> list[PolicyLookup]:
@@ -364,7 +420,7 @@ class PolicyResolver:
         fetch, or three quarters of its ``max_age``, whichever comes first. Failures are logged (WARNING unless
         the cached mode is none, §3.3) and passed to ``on_refresh_failure``; the cached policy stays.
         """
-        now = self.clock()
+        now = self._now()
         if now < self._next_refresh_at:
             return []  # nothing is due yet: no scan (the background task calls this every period)
         due, self._next_refresh_at = self._cache.due_for_refresh(now, self._refresh_interval)
@@ -403,7 +459,7 @@ class PolicyResolver:
         record = select_txt_record([f"v=STSv1; id={policy_id};"]) if isinstance(policy_id, str) else None
         if record is None:
             raise MTASTSError(f"invalid policy id {policy_id!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
-        when = self.clock() if fetched_at is None else fetched_at
+        when = self._now() if fetched_at is None else self._steady.from_wall(fetched_at)
         if policy.max_age > 0:
             self._store_in_cache(key, policy, record.id, when)
             self._negative.pop(key)
@@ -420,7 +476,7 @@ class PolicyResolver:
         return min(self._refresh_interval, policy.max_age * 0.75)
 
     def _mark_checked(self, key: str) -> None:
-        now = self.clock()
+        now = self._now()
         self._cache.mark_checked(key, now, self._txt_check_interval)
         self._persist(key, checked_at=now)
 
@@ -435,34 +491,41 @@ class PolicyResolver:
         if entry is None and failure is None:
             self._store.delete(key)
             return
+        wall = self._steady.to_wall  # stores hold wall-clock times: other processes and restarts read them
         self._store.put(
             StoredPolicy(
                 domain=key,
                 policy_id=entry.policy_id if entry else None,
                 policy_text=entry.policy.to_text() if entry else None,
-                fetched_at=entry.fetched_at if entry else None,
-                checked_at=checked_at if entry and checked_at is not None else (entry.fetched_at if entry else None),
-                expires_at=entry.expires_at if entry else None,
+                fetched_at=wall(entry.fetched_at) if entry else None,
+                checked_at=wall(checked_at if checked_at is not None else entry.fetched_at) if entry else None,
+                expires_at=wall(entry.expires_at) if entry else None,
                 failed_id=failure.policy_id if failure else None,
                 failure=failure.result_type if failure else None,
                 failure_detail=failure.error[:500] if failure else None,
-                retry_after=failure.retry_after if failure else None,
+                retry_after=wall(failure.retry_after) if failure else None,
             )
         )
 
     def _adopt(self, row: StoredPolicy, now: float, parsed: dict[str, Policy]) -> int:
         """Take a stored row into memory (a live policy, a running back-off). Returns 1 if a policy was adopted.
 
-        Rows that cannot be trusted (a domain not in normal form, an invalid id or policy) are skipped, logged
-        and deleted: the domain is simply fetched again.
+        Rows that cannot be trusted (a domain not in normal form, an invalid id or policy, anything that fails)
+        are skipped, logged and deleted: the domain is simply fetched again. A row whose times lie in the future
+        (written by a process whose clock ran ahead, or before this machine's clock stepped back) cannot tell its
+        real age: it is taken as fetched now at the latest — so it lives at most its ``max_age`` from now — with
+        its TXT check due at once, and a back-off of at most ``failure_backoff`` from now.
         """
         try:
             key = normalize_domain(row.domain)
             if key != row.domain:
                 raise MTASTSError("domain not in normal form")
-            if row.failed_id and row.retry_after is not None and row.retry_after > now:
-                self._failures[key] = _Failure(row.failed_id, row.failure, row.failure_detail or "", row.retry_after)
-            if not row.has_policy or row.expires_at is None or row.expires_at <= now:
+            from_wall = self._steady.from_wall
+            if row.failed_id and row.retry_after is not None:
+                retry_after = min(from_wall(row.retry_after), now + self._failure_backoff)
+                if retry_after > now:
+                    self._failures[key] = _Failure(row.failed_id, row.failure, row.failure_detail or "", retry_after)
+            if not row.has_policy or row.expires_at is None or from_wall(row.expires_at) <= now:
                 return 0
             assert row.policy_text is not None and row.policy_id is not None and row.fetched_at is not None
             policy = parsed.get(row.policy_text)
@@ -470,23 +533,36 @@ class PolicyResolver:
                 policy = parsed[row.policy_text] = parse_policy(row.policy_text)
             if select_txt_record([f"v=STSv1; id={row.policy_id};"]) is None:
                 raise MTASTSError(f"invalid id {row.policy_id!r}")
-        except MTASTSError as exc:
-            log.warning("ignoring an unreadable stored policy for %r: %s", row.domain[:100], exc)
+            fetched = from_wall(row.fetched_at)
+            checked = from_wall(row.checked_at) if row.checked_at is not None else fetched
+            if fetched > now or checked > now:  # from the future: see above
+                fetched, checked = min(fetched, now), -math.inf
+            if fetched + policy.max_age <= now:
+                return 0
+            self._cache.put(key, policy, row.policy_id, fetched_at=fetched,
+                            fresh_for=checked - fetched + self._txt_check_interval)  # fmt: skip
+        except Exception as exc:  # a bad row is never fatal (a foreign store may hold anything)
+            log.warning(
+                "ignoring an unreadable stored policy for %r: %s",
+                row.domain[:100] if isinstance(row.domain, str) else row.domain,
+                exc if isinstance(exc, MTASTSError) else f"{type(exc).__name__}: {exc}",
+            )
             if self._store is not None and isinstance(row.domain, str):
                 self._store.delete(row.domain)
             return 0
-        checked = row.checked_at if row.checked_at is not None else row.fetched_at
-        self._cache.put(key, policy, row.policy_id, fetched_at=row.fetched_at,
-                        fresh_for=checked - row.fetched_at + self._txt_check_interval)  # fmt: skip
-        self._next_refresh_at = min(self._next_refresh_at, row.fetched_at + self._refresh_after(policy))
+        self._next_refresh_at = min(self._next_refresh_at, fetched + self._refresh_after(policy))
         return 1
 
     # -- introspection -------------------------------------------------------------------------------------------
 
     def cache_entry(self, domain: str) -> CacheEntry | None:
-        """The cached entry for ``domain`` (expired or not), for inspection."""
+        """The cached entry for ``domain`` (expired or not), for inspection; times as the wall clock shows them."""
         key = self._key(domain)
-        return None if key is None else self._cache.get(key)
+        entry = None if key is None else self._cache.get(key)
+        offset = self._steady.offset
+        if entry is None or not offset:
+            return entry
+        return CacheEntry(entry.policy, entry.policy_id, entry.expires_at - offset, entry.fresh_until - offset)
 
     @property
     def cache_size(self) -> int:
@@ -503,39 +579,57 @@ class PolicyResolver:
 
     def _from_memory(self, key: str) -> PolicyLookup | None:
         """A lookup memory can answer: a fresh cached policy, or a remembered negative answer."""
-        now = self.clock()
+        now = self._now()
         if self._cache.fresh_policy(key, now) is not None:
             entry = self._cache.get(key)
             assert entry is not None
             return self._cached_lookup(key, entry)
         return self._negative.get(key, now)
 
-    @staticmethod
     def _cached_lookup(
-        key: str, entry: CacheEntry, result_type: str | None = None, error: str | None = None
+        self, key: str, entry: CacheEntry, result_type: str | None = None, error: str | None = None
     ) -> PolicyLookup:
         return PolicyLookup(
             key,
             LookupStatus.CACHED,
             entry.policy,
             entry.policy_id,
-            entry.fetched_at,
+            self._steady.to_wall(entry.fetched_at),
             from_cache=True,
             result_type=result_type,
             error=error,
         )
 
+    @staticmethod
+    def _local_error(key: str, error: str) -> PolicyLookup:
+        """A lookup that failed on this side: "try again later", never "no policy" (module docs, item 6)."""
+        return PolicyLookup(key, LookupStatus.LOCAL_ERROR, error=error, defer=True)
+
+    async def _start_for(self, key: str) -> PolicyLookup | None:
+        """:meth:`start` for a lookup of ``key``: None once started, a ``LOCAL_ERROR`` if the resolver closed."""
+        if self._closed:
+            return self._local_error(key, "the resolver is closed")
+        try:
+            await self.start()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller was cancelled
+            return self._local_error(key, "the resolver closed while restoring its cache")
+        return None
+
     async def _single_flight(
         self, key: str, kind: str, work: Callable[[], Coroutine[Any, Any, PolicyLookup]]
     ) -> PolicyLookup:
         """Run ``work`` once for concurrent callers with the same (key, kind); a caller's cancellation
-        does not cancel the shared work."""
+        does not cancel the shared work. A local failure of the work (module docs, item 6) is a ``LOCAL_ERROR``
+        lookup, as is the resolver closing under it."""
         if self._closed:
-            raise MTASTSError("the resolver is closed")
+            return self._local_error(key, "the resolver is closed")
         flight = (key, kind)
         future = self._inflight.get(flight)
         if future is None:
-            future = asyncio.ensure_future(work())
+            future = asyncio.ensure_future(self._guarded(key, work))
             self._inflight[flight] = future
 
             def _done(done: asyncio.Future[PolicyLookup], flight: tuple[str, str] = flight) -> None:
@@ -545,7 +639,22 @@ class PolicyResolver:
                     done.exception()  # retrieved: never "exception was never retrieved"
 
             future.add_done_callback(_done)
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not future.cancelled() or (task is not None and task.cancelling()):
+                raise  # the caller was cancelled, not the shared work
+            return self._local_error(key, "the resolver closed during the lookup")
+
+    async def _guarded(self, key: str, work: Callable[[], Coroutine[Any, Any, PolicyLookup]]) -> PolicyLookup:
+        try:
+            return await work()
+        except LocalError as exc:
+            return self._local_error(key, exc.message)
+        except Exception:  # a bug must end in "try again later", never in "no policy"
+            log.exception("internal error looking up the MTA-STS policy of %s", key)
+            return self._local_error(key, "internal error (see the log)")
 
     async def _check_txt(self, key: str) -> _Checked:
         answer = await mtasts_dns.query_txt(self._dns, f"_mta-sts.{key}.")
@@ -554,12 +663,18 @@ class PolicyResolver:
 
     async def _resolve(self, key: str, *, refresh: bool = False) -> PolicyLookup:
         """The cache decision table (module docs). Never raises for failures of the domain."""
-        now = self.clock()
+        now = self._now()
         entry = self._cache.get(key)
+        unread: str | None = None  # why the store could not say whether it holds a policy for key, if it could not
         if self._store is not None and (entry is None or refresh):
             # Another process (or this one, before a restart or an eviction) may have fetched it.
-            row = await self._store.get(key)
-            if row is not None and (entry is None or (row.fetched_at or 0) > entry.fetched_at):
+            try:
+                row = await self._store.get(key)
+            except StoreUnavailable as exc:
+                row = None
+                if entry is None:
+                    unread = f"{exc.message}: a stored policy may apply"
+            if row is not None and (entry is None or self._steady.from_wall(row.fetched_at or 0.0) > entry.fetched_at):
                 self._adopt(row, now, {})
                 adopted = self._cache.get(key)
                 if adopted is not None and not adopted.is_expired(now):
@@ -575,42 +690,59 @@ class PolicyResolver:
 
         checked = await self._check_txt(key)
         answer = checked.answer
+        if answer.status is mtasts_dns.TxtStatus.LOCAL_ERROR:
+            # The query could not be made here: nothing was learnt. The cached policy applies (checked again at
+            # the next lookup); without one, try again later.
+            if entry is not None:
+                return self._cached_lookup(key, entry, error=answer.error)
+            return self._local_error(key, answer.error or "the TXT query could not be made")
         if checked.policy_id is None:
             # No usable TXT record: NXDOMAIN, NODATA, no or several STS records, invalid, SERVFAIL, timeout.
             if entry is not None:
                 self._mark_checked(key)
                 if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
                     return self._cached_lookup(key, entry, error=answer.error or _why_no_record(answer))
-                return await self._fetch(key, entry.policy_id, entry, refresh=True)
+                return await self._fetch(key, entry.policy_id, entry, refresh=True, unread=None)
+            if unread is not None:
+                return self._local_error(key, unread)
             if answer.status is mtasts_dns.TxtStatus.ERROR:
-                lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error)
+                lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error, defer=self.dns_error == "defer")
             else:
                 lookup = PolicyLookup(key, LookupStatus.NO_POLICY, error=_why_no_record(answer))
             ttl = self._dns_error_ttl if lookup.status is LookupStatus.DNS_ERROR else self._negative_ttl
-            self._negative.put(key, lookup, self.clock() + ttl)
+            self._negative.put(key, lookup, self._now() + ttl)
             return lookup
 
         policy_id = checked.policy_id
         if entry is not None and entry.policy_id == policy_id and not refresh:
             self._mark_checked(key)  # §3: same id, nothing to fetch
             return self._cached_lookup(key, entry)
-        return await self._fetch(key, policy_id, entry, refresh=refresh)
+        return await self._fetch(key, policy_id, entry, refresh=refresh, unread=unread)
 
-    async def _fetch(self, key: str, policy_id: str, entry: CacheEntry | None, *, refresh: bool) -> PolicyLookup:
+    async def _fetch(
+        self, key: str, policy_id: str, entry: CacheEntry | None, *, refresh: bool, unread: str | None
+    ) -> PolicyLookup:
         """Fetch the policy for (key, policy_id); on failure keep ``entry`` untouched (C7)."""
         failure = self._failures.get(key)
         if failure is not None and failure.policy_id == policy_id:
             # §3.3: no new attempt for this version id during the back-off
             return self._failed(
-                key, policy_id, entry, failure.result_type, failure.error, notify=False, refresh=refresh
+                key, policy_id, entry, failure.result_type, failure.error, notify=False, refresh=refresh, unread=unread
             )
         try:
             policy = await self._fetcher.fetch(key)
+        except LocalError as exc:
+            # This machine's trouble, not the domain's: no back-off, no report; the cached policy, or try later.
+            if entry is not None:
+                return self._cached_lookup(key, entry, error=exc.message)
+            return self._local_error(key, exc.message)
         except MTASTSError as exc:
-            retry = self.clock() + self._failure_backoff
+            retry = self._now() + self._failure_backoff
             self._failures[key] = _Failure(policy_id, exc.result_type, exc.message, retry)
-            return self._failed(key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh)
-        fetched_at = self.clock()
+            return self._failed(
+                key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh, unread=unread
+            )
+        fetched_at = self._now()
         self._negative.pop(key)
         self._failures.pop(key, None)
         if policy.max_age > 0:
@@ -618,7 +750,7 @@ class PolicyResolver:
         else:
             self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached
         self._persist(key, checked_at=fetched_at)
-        return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, fetched_at)
+        return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, self._steady.to_wall(fetched_at))
 
     def _failed(
         self,
@@ -630,6 +762,7 @@ class PolicyResolver:
         *,
         notify: bool,
         refresh: bool,
+        unread: str | None,
     ) -> PolicyLookup:
         if entry is not None:
             self._mark_checked(key)
@@ -639,9 +772,11 @@ class PolicyResolver:
             self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
         if entry is not None:  # §3.3 MUST: the valid cached policy applies
             return self._cached_lookup(key, entry, result_type, error)
+        if unread is not None:  # the store may hold a valid policy we could not read
+            return self._local_error(key, f"{error}; {unread}")
         lookup = PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
         # Remembered briefly, like a DNS failure: a broken policy host must not cost a TXT query per message.
-        self._negative.put(key, lookup, self.clock() + min(self._dns_error_ttl, self._failure_backoff))
+        self._negative.put(key, lookup, self._now() + min(self._dns_error_ttl, self._failure_backoff))
         return lookup
 
     def _notify(

@@ -46,7 +46,7 @@ from .domain import is_address_literal, normalize_domain
 from .errors import DomainError, MTASTSError
 from .netstring import NetstringDecoder, NetstringError, encode
 from .policy import Mode, Policy
-from .resolver import NOT_CACHED, PolicyResolver
+from .resolver import NOT_CACHED, LookupStatus, PolicyResolver
 
 __all__ = [
     "ServerConfig",
@@ -64,11 +64,15 @@ log = logging.getLogger("mtasts.socketmap")
 NOTFOUND: Final = b"NOTFOUND "
 TEMP_PENDING: Final = b"TEMP policy lookup in progress"
 TEMP_INTERNAL: Final = b"TEMP internal error"
+TEMP_LOCAL: Final = b"TEMP MTA-STS lookup failed on this host (local error)"
+TEMP_DNS: Final = b"TEMP MTA-STS DNS lookup failed (dns_error = defer)"
 PERM_REQUEST: Final = b'PERM malformed request: expected "<name> <key>"'
 
 _NOTFOUND = encode(NOTFOUND)
 _TEMP_PENDING = encode(TEMP_PENDING)
 _TEMP_INTERNAL = encode(TEMP_INTERNAL)
+_TEMP_LOCAL = encode(TEMP_LOCAL)
+_TEMP_DNS = encode(TEMP_DNS)
 _PERM_REQUEST = encode(PERM_REQUEST)
 _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
 
@@ -131,7 +135,9 @@ class SocketmapServer:
     replies wait per connection; beyond that the connection is not read (back-pressure). A malformed
     netstring or one over ``max_request`` bytes closes that connection (after the replies already owed).
     Connections idle for ``idle_timeout`` seconds are closed. Counters: ``requests``, ``connections``
-    (accepted), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP answers).
+    (accepted), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP answers after
+    ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local fault, or a DNS
+    failure under ``dns_error = "defer"``).
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class SocketmapServer:
         self.connections = 0
         self.errors = 0
         self.timeouts = 0
+        self.deferred = 0
         self._replies: dict[Policy, bytes] = {}  # policy -> the encoded reply (memo)
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
@@ -307,10 +314,10 @@ class SocketmapServer:
         return self._replies.get(policy) or self._remember(policy)
 
     async def _slow(self, domain: str) -> bytes:
-        """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``)."""
+        """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
         try:
             async with asyncio.timeout(self.request_timeout):
-                policy = await self.resolver.get_policy(domain)
+                lookup = await self.resolver.lookup(domain)
         except TimeoutError:
             self.timeouts += 1
             log.info("policy lookup for %s still running after %g s: answered TEMP", domain, self.request_timeout)
@@ -321,6 +328,11 @@ class SocketmapServer:
             self.errors += 1
             log.exception("policy lookup for %s failed", domain)
             return _TEMP_INTERNAL
+        if lookup.defer:  # a local fault, or a DNS failure under dns_error = "defer": never NOTFOUND
+            self.deferred += 1
+            log.info("policy lookup for %s: %s (%s): answered TEMP", domain, lookup.status, lookup.error)
+            return _TEMP_LOCAL if lookup.status == LookupStatus.LOCAL_ERROR else _TEMP_DNS
+        policy = lookup.policy
         if policy is None:
             return _NOTFOUND
         return self._replies.get(policy) or self._remember(policy)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 
+from ._exceptions import exception_chain
 from .errors import MTASTSError
 from .results import SESSION_FAILURES, ResultType
 
@@ -47,17 +48,6 @@ _VERIFY_CODES: dict[int, ResultType] = {
     47: ResultType.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_PERMITTED_VIOLATION (name constraints)
     48: ResultType.CERTIFICATE_NOT_TRUSTED,  # X509_V_ERR_EXCLUDED_VIOLATION (name constraints)
 }
-
-_MAX_CHAIN = 16  # __cause__/__context__ links followed at most (cycles are possible)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < _MAX_CHAIN and all(current is not e for e in chain):
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 def _classify_one(exc: BaseException) -> str | None:
@@ -87,7 +77,7 @@ def classify_tls_error(exc: BaseException) -> str:
     it; anything else (handshake alerts, protocol errors, resets during the handshake) is
     ``validation-failure``, the RFC's "general failure" (§4.3.1).
     """
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         result = _classify_one(link)
         if result is not None:
             return result
@@ -96,7 +86,7 @@ def classify_tls_error(exc: BaseException) -> str:
 
 def failure_reason_code(exc: BaseException) -> str:
     """A short RFC 8460 ``failure-reason-code`` for ``exc``: OpenSSL's verify message or the error text."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         message = getattr(link, "verify_message", None)
         if isinstance(message, str) and message:
             return message

@@ -514,14 +514,20 @@ async def test_the_cache_is_bounded_and_shares_identical_policies(world: World, 
 
 
 async def test_close_cancels_lookups_in_flight(world: World, clock: FakeClock) -> None:
+    """Closing the resolver under a lookup is a local fault: "try again later", never "no policy" (issue 12)."""
     world.publish("slow.example", ENFORCE, delay=10)
     resolver = make(world, clock)
     waiting = asyncio.create_task(resolver.get_policy("slow.example"))
+    looking = asyncio.create_task(resolver.lookup("slow.example"))
     await asyncio.sleep(0.1)
     await resolver.aclose()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    from mtasts import MTASTSError
+    from mtasts import LookupDeferredError
 
-    with pytest.raises(MTASTSError):
-        await resolver.lookup("slow.example")
+    with pytest.raises(LookupDeferredError) as raised:
+        await waiting
+    assert raised.value.status == LookupStatus.LOCAL_ERROR
+    closing = await looking
+    assert (closing.status, closing.policy, closing.defer) == (LookupStatus.LOCAL_ERROR, None, True)
+    after = await resolver.lookup("slow.example")
+    assert (after.status, after.defer) == (LookupStatus.LOCAL_ERROR, True)
+    assert "closed" in (after.error or "")

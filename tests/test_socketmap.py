@@ -353,16 +353,31 @@ async def test_request_timeout_answers_temp_and_the_lookup_goes_on(world: World,
 
 
 async def test_internal_error_is_temp_and_logged(
-    world: World, resolver: PolicyResolver, caplog: pytest.LogCaptureFixture
+    world: World, resolver: PolicyResolver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A bug inside a lookup is logged with its traceback and answered TEMP, never NOTFOUND (issue 12)."""
+
+    async def broken(key: str) -> None:
+        raise RuntimeError("a bug")
+
     async with SocketmapServer(resolver, port=0) as server:
         client = await Client.connect(server)
         assert await client.ask("enforce.example") == OK_ENFORCE
-        await resolver.aclose()  # a closed resolver raises for any new lookup
-        with caplog.at_level(logging.ERROR, logger="mtasts.socketmap"):
-            assert await client.ask("d1.example") == b"TEMP internal error"
-        assert any(r.exc_info for r in caplog.records)
-        assert server.errors == 1
+        monkeypatch.setattr(resolver, "_check_txt", broken)
+        with caplog.at_level(logging.ERROR, logger="mtasts"):
+            assert await client.ask("d1.example") == b"TEMP MTA-STS lookup failed on this host (local error)"
+        assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+        assert server.deferred == 1
+        assert await client.ask("enforce.example") == OK_ENFORCE  # still serving what memory holds
+        await client.close()
+
+
+async def test_a_closed_resolver_answers_temp(resolver: PolicyResolver) -> None:
+    async with SocketmapServer(resolver, port=0) as server:
+        client = await Client.connect(server)
+        assert await client.ask("enforce.example") == OK_ENFORCE
+        await resolver.aclose()  # the daemon is shutting down: new lookups are a local fault
+        assert await client.ask("d1.example") == b"TEMP MTA-STS lookup failed on this host (local error)"
         assert await client.ask("enforce.example") == OK_ENFORCE  # still serving what memory holds
         await client.close()
 

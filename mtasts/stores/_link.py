@@ -2,9 +2,12 @@
 
 * Writes are queued (the latest state per domain wins) and written by one task in batches, off the lookup path;
   :meth:`StoreLink.flush` writes what is pending now.
-* Any exception from the store is an outage: logged once (WARNING), reads are skipped and writes kept pending
-  until ``retry_after`` seconds have passed; then the store is tried again, and the recovery is logged (INFO).
-  Nothing raises into the caller, and memory keeps serving — enforcement never weakens because a store is down.
+* Any exception from the store is an outage — of reads or of writes, each on its own (a read-only or damaged
+  file can still be read): logged once (WARNING), then reads are skipped, or writes kept pending, until
+  ``retry_after`` seconds have passed; then the store is tried again, and the recovery is logged (INFO).
+  Memory keeps serving — enforcement never weakens because a store is down.
+* A read that cannot be made (the store is down, failed now) raises :class:`StoreUnavailable`: the resolver
+  then knows the store *might* hold a policy for the domain, and never answers "no policy" for it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from ..errors import LocalError
 from ._base import PolicyStore, StoredPolicy
 
-__all__ = ["StoreLink"]
+__all__ = ["StoreLink", "StoreUnavailable"]
 
 log = logging.getLogger("mtasts.stores")
+
+
+class StoreUnavailable(LocalError):
+    """The store could not be read for this lookup: it is down, or the read failed (a local fault)."""
 
 
 class StoreLink:
@@ -39,55 +47,70 @@ class StoreLink:
         self._pending: dict[str, StoredPolicy | None] = {}  # domain -> row to put, or None to delete
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._down_until: float | None = None
+        # monotonic time until which reads / writes are not tried (None: not down)
+        self._down_until: dict[str, float | None] = {"read": None, "write": None}
         self.outages = 0
         self.written = 0
 
     # -- outage state -------------------------------------------------------------------------------------------
 
-    @property
-    def available(self) -> bool:
-        return self._down_until is None or self._monotonic() >= self._down_until
+    def _up(self, kind: str) -> bool:
+        until = self._down_until[kind]
+        return until is None or self._monotonic() >= until
 
-    def _failed(self, what: str, exc: BaseException) -> None:
-        if self._down_until is None:
+    @property
+    def readable(self) -> bool:
+        return self._up("read")
+
+    @property
+    def writable(self) -> bool:
+        return self._up("write")
+
+    def _failed(self, kind: str, what: str, exc: BaseException) -> None:
+        if self._down_until[kind] is None:
             self.outages += 1
             log.warning(
-                "policy store %s failed (%s: %s): serving from memory, retrying every %g s",
-                what, type(exc).__name__, exc, self._retry_after,
+                "policy store %s failed (%s: %s): serving from memory, retrying %ss every %g s",
+                what, type(exc).__name__, exc, kind, self._retry_after,
             )  # fmt: skip
-        self._down_until = self._monotonic() + self._retry_after
+        self._down_until[kind] = self._monotonic() + self._retry_after
 
-    def _succeeded(self) -> None:
-        if self._down_until is not None:
-            log.info("policy store is back; %d pending writes follow", len(self._pending))
-            self._down_until = None
+    def _succeeded(self, kind: str) -> None:
+        if self._down_until[kind] is not None:
+            if kind == "write":
+                log.info("policy store writes work again; %d pending writes follow", len(self._pending))
+            else:
+                log.info("policy store reads work again")
+            self._down_until[kind] = None
 
     # -- reads --------------------------------------------------------------------------------------------------
 
     async def get(self, domain: str) -> StoredPolicy | None:
-        """The stored row, or None (none stored, unreadable, or the store is down)."""
-        if not self.available:
-            return None
+        """The stored row, or None (none stored, or unreadable data: skipped).
+
+        Raises :class:`StoreUnavailable` when the store could not be asked (down, or the read failed).
+        """
+        if not self.readable:
+            raise StoreUnavailable("the policy store is down")
         try:
             row = await self.store.get(domain)
         except Exception as exc:
-            self._failed("read", exc)
-            return None
-        self._succeeded()
+            self._failed("read", "read", exc)
+            raise StoreUnavailable(f"the policy store read failed ({type(exc).__name__})") from None
+        self._succeeded("read")
         return row
 
     async def scan(self) -> AsyncIterator[StoredPolicy]:
         """Every stored row; stops quietly (after logging) if the store fails."""
-        if not self.available:
+        if not self.readable:
             return
         try:
             async for row in self.store.scan():
                 yield row
         except Exception as exc:
-            self._failed("scan", exc)
+            self._failed("read", "scan", exc)
             return
-        self._succeeded()
+        self._succeeded("read")
 
     # -- writes -------------------------------------------------------------------------------------------------
 
@@ -108,7 +131,7 @@ class StoreLink:
         """Write everything pending now; True when nothing is left pending."""
         if not self._pending:
             return True
-        if not self.available:
+        if not self.writable:
             return False
         batch, self._pending = self._pending, {}
         puts = [row for row in batch.values() if row is not None]
@@ -118,10 +141,10 @@ class StoreLink:
         except Exception as exc:
             for domain, row in batch.items():  # keep them, unless something newer came meanwhile
                 self._pending.setdefault(domain, row)
-            self._failed("write", exc)
+            self._failed("write", "write", exc)
             return False
         self.written += len(batch)
-        self._succeeded()
+        self._succeeded("write")
         return not self._pending
 
     async def _write_loop(self) -> None:
@@ -130,7 +153,7 @@ class StoreLink:
             self._wake.clear()
             await asyncio.sleep(self._batch_delay)  # gather a batch
             if not await self.flush():
-                delay = max(0.0, (self._down_until or 0.0) - self._monotonic())
+                delay = max(0.0, (self._down_until["write"] or 0.0) - self._monotonic())
                 await asyncio.sleep(delay)
                 self._wake.set()
 
@@ -140,7 +163,7 @@ class StoreLink:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
-        self._down_until = None  # one last try, even during an outage
+        self._down_until["write"] = None  # one last try, even during an outage
         if not await self.flush():
             log.warning("policy store: %d writes could not be saved at close", len(self._pending))
         if close_store:
