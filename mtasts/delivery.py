@@ -190,6 +190,9 @@ async def deliver(
     )
     if mta_sts:
         lookup = await resolver.lookup(job.domain)
+        if lookup.defer:  # a local fault (or a DNS failure under dns_error="defer"): the policy is unknown
+            reason = f"MTA-STS policy unknown now ({lookup.status}: {lookup.error}): deferred"
+            return DeliveryResult(DeliveryStatus.DEFERRED, None, (), reason, None, lookup)
     else:
         lookup = PolicyLookup(job.domain, LookupStatus.NOT_APPLICABLE)
     try:

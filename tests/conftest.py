@@ -20,15 +20,28 @@ settings.load_profile(os.environ.get("MTASTS_HYPOTHESIS_PROFILE", "default"))
 
 
 class FakeClock:
-    """An injected clock: tests advance time by hand, never by sleeping."""
+    """An injected clock: tests advance time by hand, never by sleeping.
+
+    Calling it reads the wall clock; :meth:`monotonic` is its monotonic companion (``PolicyResolver(clock=clock,
+    monotonic=clock.monotonic)``). :meth:`advance` is time passing (both move); :meth:`step` is the wall clock
+    being set (an NTP step, ``date -s``): only the wall clock moves.
+    """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start
+        self.elapsed = 0.0
 
     def __call__(self) -> float:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.elapsed
+
     def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.elapsed += max(seconds, 0.0)
+
+    def step(self, seconds: float) -> None:
         self.now += seconds
 
 

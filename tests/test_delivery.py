@@ -304,3 +304,20 @@ async def test_bytes_message_and_bad_arguments(world: World, mail: MailWorld, re
                                (["bob@example.com"], None)]:  # fmt: skip
         with pytest.raises(MTASTSError):
             await deliver(raw, recipients, resolver=resolver, sender=sender, port=mail.port)
+
+
+async def test_a_lookup_that_cannot_answer_now_defers_without_contacting_any_mx(
+    world: World, mail: MailWorld, clock: FakeClock
+) -> None:
+    """Issue 12: the policy unknown (here a DNS failure under dns_error="defer") is never "no policy"."""
+    world.publish(DOMAIN, policy("enforce", "mx1.example.com"), txt_failure="servfail")
+    await mail.add_mx("mx1.example.com", "wrong-name")
+    mail.set_mx(DOMAIN, (10, "mx1.example.com"))
+    async with world.policy_resolver(clock=clock, fetch_timeout=5, dns_error="defer") as deferring:
+        result = await send(world, mail, deferring)
+    assert result.status is DeliveryStatus.DEFERRED and result.attempts == ()
+    assert result.lookup is not None and result.lookup.defer
+    assert "unknown" in (result.reason or "")
+    assert mail.inbox.messages == [] and mail.inbox.connections == {}
+    async with world.policy_resolver(clock=clock, fetch_timeout=5) as default:  # RFC 8461: as if no policy
+        assert (await send(world, mail, default)).status is DeliveryStatus.DELIVERED
