@@ -6,8 +6,10 @@ back — an NTP correction, a VM restored from a snapshot, an operator's ``date 
 would look younger than it is: a policy served a day past its ``max_age``, a 30-second "DNS failed" answer kept
 for a day while the domain's enforce policy is ignored.
 
-:class:`SteadyClock` reads the wall clock through an offset that absorbs backward steps: when a reading comes
-out earlier than the previous one, time continues from that previous reading plus the real time elapsed since,
+:class:`SteadyClock` reads the wall clock through an offset that absorbs backward steps. A step is seen when a
+reading comes out earlier than the previous one, or when, between two full readings, the wall clock advanced
+less than the monotonic clock by more than :data:`TOLERANCE` (plus 0.1 % for slewing): a step back while
+nothing was read. Time then continues from the previous full reading plus the real time elapsed since,
 measured on the monotonic clock, and the offset keeps it so. Entries therefore age in real elapsed time across
 a step; forward jumps are taken as they come (they can only make entries expire sooner). Times handed to the
 outside world (the store, :class:`~mtasts.resolver.PolicyLookup`) are converted back with :meth:`to_wall`.
@@ -20,23 +22,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-__all__ = ["SteadyClock"]
+__all__ = ["TOLERANCE", "SteadyClock"]
 
 log = logging.getLogger("mtasts.clock")
+
+#: Seconds by which the wall clock may lag the monotonic clock between two readings before it counts as a step
+#: (NTP slews the wall clock by at most 500 ppm; 0.1 % of the interval is allowed on top of this).
+TOLERANCE = 1.0
 
 
 class SteadyClock:
     """Wall-clock seconds that never decrease; see the module docs.
 
-    The hot paths inline :meth:`now`'s common case (``wall() + offset``, compared with ``last``); everything
-    else calls :meth:`now`.
+    The hot paths inline :meth:`now`'s common case — ``t = fast()``; ``t < last`` means a step, else
+    ``last = t`` — where :attr:`fast` is the wall clock itself until an offset is needed; everything else calls
+    :meth:`now`.
     """
 
-    __slots__ = ("_mono_at_sync", "_synced", "last", "monotonic", "offset", "steps", "wall")
+    __slots__ = ("_mono_at_sync", "_synced", "fast", "last", "monotonic", "offset", "steps", "wall")
 
     def __init__(self, wall: Callable[[], float], monotonic: Callable[[], float]) -> None:
         self.wall = wall
         self.monotonic = monotonic
+        #: ``wall() + offset`` as one call: the wall clock itself while the offset is 0
+        self.fast: Callable[[], float] = wall
         #: added to every wall reading: 0 until the wall clock first steps back
         self.offset = 0.0
         #: the latest time handed out (hot paths update it too)
@@ -51,12 +60,14 @@ class SteadyClock:
         wall = self.wall()
         mono = self.monotonic()
         t = wall + self.offset
-        if t < self.last:
-            # The wall clock stepped back: continue from the last reading, plus the real time since the last
-            # full reading (the monotonic clock cannot step).
-            t = max(self.last, self._synced + max(0.0, mono - self._mono_at_sync))
+        real = mono - self._mono_at_sync  # real seconds since the last full reading
+        if t < self.last or t - self._synced < real - TOLERANCE - real / 1000:
+            # The wall clock stepped back: continue from the last full reading plus the real time since (the
+            # monotonic clock cannot step), and never before a reading already handed out.
+            t = max(self.last, self._synced + max(0.0, real))
             step = t - wall - self.offset
-            self.offset = t - wall
+            self.offset = offset = t - wall
+            self.fast = lambda: self.wall() + offset
             self.steps += 1
             log.warning(
                 "the wall clock stepped back by %.3f s: cache ages continue in real elapsed time "

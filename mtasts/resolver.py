@@ -188,7 +188,7 @@ class PolicyResolver:
         store_retry: float = 30.0,
         dns_error: str = "no-policy",
         queue_timeout: float = 30.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         for name, value in [
             ("fetch_timeout", fetch_timeout),
@@ -220,6 +220,8 @@ class PolicyResolver:
                 raise MTASTSError(f"cannot read the system DNS configuration: {exc}") from None
         self.dns_resolver = dns_resolver
         self._dns = mtasts_dns.GatedResolver(dns_resolver, max_concurrent_dns, queue_timeout)  # its own queries
+        if monotonic is None:  # an injected clock is its own steady companion unless one is given with it
+            monotonic = time.monotonic if clock is time.time else clock
         self._steady = SteadyClock(clock, monotonic)  # every cache time, through a clock that cannot step back
         self._now = self._steady.now
         self.dns_error = dns_error
@@ -319,7 +321,7 @@ class PolicyResolver:
                 policy = await resolver.get_policy(domain)
         """
         steady = self._steady  # SteadyClock.now, inlined: the wall clock, unless it stepped back
-        now = steady.wall() + steady.offset
+        now = steady.fast()
         if now < steady.last:
             now = steady.now()
         else:
@@ -357,7 +359,7 @@ class PolicyResolver:
             packed = self._cache_data.get(domain)
             if packed is not None:
                 steady = self._steady
-                now = steady.wall() + steady.offset
+                now = steady.fast()
                 if steady.last <= now:
                     steady.last = now
                     if now < (packed & _LOW32):
