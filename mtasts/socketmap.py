@@ -18,7 +18,8 @@ running after ``request_timeout`` is answered ``TEMP`` so Postfix defers rather 
 shared lookup goes on and the retry is answered from the cache.
 
 Layers: :mod:`mtasts.netstring` (sans-I/O framing), :meth:`SocketmapServer.answer` (one request → one reply),
-the asyncio protocol (pipelining, ordering, back-pressure), :func:`serve` (the daemon) and the CLI.
+the asyncio protocol (pipelining, ordering, back-pressure, connection bounds), :func:`serve` (the daemon: the
+descriptor limit and its plan, :func:`plan_descriptors`) and the CLI.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import signal
@@ -46,15 +48,18 @@ from .domain import is_address_literal, normalize_domain
 from .errors import DomainError, MTASTSError
 from .netstring import NetstringDecoder, NetstringError, encode
 from .policy import Mode, Policy
-from .resolver import NOT_CACHED, LookupStatus, PolicyResolver
+from .resolver import DNS_ERROR_MODES, NOT_CACHED, LookupStatus, PolicyResolver
 
 __all__ = [
+    "DescriptorPlan",
     "ServerConfig",
     "SocketmapServer",
     "format_policy",
     "load_config",
     "parse_key",
     "parse_listen",
+    "plan_descriptors",
+    "raise_nofile_limit",
     "register_cli",
     "serve",
 ]
@@ -78,6 +83,7 @@ _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache
 
 # A next-hop port after the host: digits or a service name, as Postfix accepts them ("[mx.example]:smtp").
 _PORT = re.compile(r"[0-9]{1,5}|[A-Za-z][A-Za-z0-9-]{0,63}")
+_LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
 
 
 # -- the answer: sans-I/O pieces --------------------------------------------------------------------------------
@@ -134,10 +140,20 @@ class SocketmapServer:
     at once, a cold lookup when it ends) but replies are written in request order. At most ``max_pipeline``
     replies wait per connection; beyond that the connection is not read (back-pressure). A malformed
     netstring or one over ``max_request`` bytes closes that connection (after the replies already owed).
-    Connections idle for ``idle_timeout`` seconds are closed. Counters: ``requests``, ``connections``
-    (accepted), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP answers after
-    ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local fault, or a DNS
-    failure under ``dns_error = "defer"``).
+    A connection without a complete request ``first_request_timeout`` seconds after it opened is closed; after
+    its first request, one idle for ``idle_timeout`` seconds is.
+
+    At most ``max_connections`` connections are open. A new one beyond that closes an idle one to make room —
+    the oldest that never sent a request, else the one idle the longest (nothing owed, nothing waiting); a
+    connection with work in flight never is. When every one is busy, the new connection is closed at once
+    (Postfix takes the failed lookup as a temporary error and defers). asyncio accepts up to ``accept_batch``
+    connections at once — each a descriptor before it is counted — while the kernel's listen queue is longer
+    (``listen_queue``, capped by ``net.core.somaxconn``) and costs no descriptor.
+
+    Counters: ``requests``, ``connections`` (admitted), ``rejected`` (closed at once: no room), ``evicted``
+    (idle connections closed to make room), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP
+    answers after ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local
+    fault, or a DNS failure under ``dns_error = "defer"``).
     """
 
     def __init__(
@@ -152,10 +168,24 @@ class SocketmapServer:
         request_timeout: float = 30.0,
         max_pipeline: int = 256,
         idle_timeout: float = 600.0,
+        max_connections: int = 1000,
+        first_request_timeout: float = 5.0,
+        accept_batch: int = 100,
+        listen_queue: int = 4096,
     ) -> None:
-        for name, count in [("max_request", max_request), ("max_pipeline", max_pipeline)]:
+        for name, count in [
+            ("max_request", max_request),
+            ("max_pipeline", max_pipeline),
+            ("max_connections", max_connections),
+            ("accept_batch", accept_batch),
+            ("listen_queue", listen_queue),
+        ]:
             check_count(name, count)
-        for name, seconds in [("request_timeout", request_timeout), ("idle_timeout", idle_timeout)]:
+        for name, seconds in [
+            ("request_timeout", request_timeout),
+            ("idle_timeout", idle_timeout),
+            ("first_request_timeout", first_request_timeout),
+        ]:
             check_seconds(name, seconds, positive=True)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise MTASTSError(f"port must be 0 to 65535, not {port!r}")
@@ -168,14 +198,26 @@ class SocketmapServer:
         self.request_timeout = float(request_timeout)
         self.max_pipeline = max_pipeline
         self.idle_timeout = float(idle_timeout)
+        self.max_connections = max_connections
+        self.first_request_timeout = float(first_request_timeout)
+        self.accept_batch = accept_batch
+        self.listen_queue = max(listen_queue, accept_batch)
         self.requests = 0
         self.connections = 0
+        self.rejected = 0
+        self.evicted = 0
         self.errors = 0
         self.timeouts = 0
         self.deferred = 0
         self._replies: dict[Policy, bytes] = {}  # policy -> the encoded reply (memo)
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
+        self._fresh: dict[_Connection, None] = {}  # open connections yet to send a complete request, oldest first
+        self._none_idle = False  # the last victim scan found no idle connection, and none has become idle since
+        # the connection-limit WARNING: what happened since the last one, when that was, the timer for the next
+        self._limit_counts = [0, 0]  # evicted, rejected
+        self._limit_logged_at = -math.inf
+        self._limit_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._stopped = asyncio.Event()
 
@@ -198,13 +240,18 @@ class SocketmapServer:
             raise MTASTSError("the socketmap server is closed")
         loop = asyncio.get_running_loop()
         if self.unix_path is not None:
-            self._server = await loop.create_unix_server(lambda: _Connection(self), self.unix_path)
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), self.unix_path, backlog=self.accept_batch
+            )
             if self.unix_mode is not None:
                 os.chmod(self.unix_path, self.unix_mode)
         else:
             self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self._port, reuse_address=True
+                lambda: _Connection(self), self.host, self._port, reuse_address=True, backlog=self.accept_batch
             )
+        for sock in self._server.sockets:  # asyncio's backlog is both; a longer queue drops no SYN in a burst
+            with sock.dup() as listening:
+                listening.listen(self.listen_queue)
 
     @property
     def port(self) -> int:
@@ -264,7 +311,69 @@ class SocketmapServer:
                     if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
                         os.unlink(self.unix_path)
         finally:
+            self._report_limit()
             self._stopped.set()
+
+    # -- the connection bounds ---------------------------------------------------------------------------------------
+
+    def _make_room(self) -> bool:
+        """Room for one more connection: True if there is (an idle one closed for it if need be), else False."""
+        if len(self._open) < self.max_connections:
+            return True
+        victim = self._victim()
+        if victim is None:
+            self.rejected += 1
+            self._note_limit(1)
+            return False
+        self.evicted += 1
+        self._note_limit(0)
+        victim.evict()
+        return True
+
+    def _victim(self) -> _Connection | None:
+        """The connection to close for a new one: the oldest never used, else the one idle the longest, or None.
+
+        O(connections), but only at the limit and only when no never-used connection is open; a scan that finds
+        none is not repeated until a connection becomes idle.
+        """
+        victim = next(iter(self._fresh), None)
+        if victim is not None or self._none_idle:
+            return victim
+        for connection in self._open:
+            if connection.idle and (victim is None or connection.last_active < victim.last_active):
+                victim = connection
+        self._none_idle = victim is None
+        return victim
+
+    def _note_limit(self, which: int) -> None:
+        """Count an eviction (0) or a rejection (1) for the WARNING, logged at most once per minute."""
+        self._limit_counts[which] += 1
+        loop = asyncio.get_running_loop()
+        due = self._limit_logged_at + _LIMIT_LOG_PERIOD
+        if loop.time() >= due:
+            self._report_limit()
+        elif self._limit_timer is None:
+            self._limit_timer = loop.call_at(due, self._report_limit)
+
+    def _report_limit(self) -> None:
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
+        evicted, rejected = self._limit_counts
+        if not evicted and not rejected:
+            return
+        now = asyncio.get_running_loop().time()
+        since = "" if math.isinf(self._limit_logged_at) else f" in the last {now - self._limit_logged_at:.0f} s"
+        log.warning(
+            "at the connection limit (max_connections = %d): %d idle connections closed to make room, "
+            "%d new connections refused%s (Postfix defers on a refused lookup)",
+            self.max_connections,
+            evicted,
+            rejected,
+            since,
+        )
+        self._limit_counts = [0, 0]
+        self._limit_logged_at = now
 
     # -- answers ----------------------------------------------------------------------------------------------------
 
@@ -365,7 +474,8 @@ class _Connection(asyncio.Protocol):
         self._reading = True
         self._write_paused = False
         self._closing = False  # read nothing more: EOF, malformed input or shutdown; close once replies are out
-        self._last_active = self._loop.time()
+        self._opened_at = self.last_active = self._loop.time()
+        self._fresh = True  # no complete request yet (first_request_timeout applies, the first to be evicted)
         self._idle: asyncio.TimerHandle | None = None
         self.peer = "?"
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -378,9 +488,15 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = _format_sockname(peer) if isinstance(peer, tuple) else "unix socket"
         server = self._server
+        if not server._make_room():
+            log.debug("refusing the connection from %s: %d connections open", self.peer, server.max_connections)
+            self._closing = True
+            transport.close()  # nothing was read or written: the descriptor is free at once
+            return
         server.connections += 1
         server._open.add(self)
-        self._idle = self._loop.call_at(self._last_active + server.idle_timeout, self._check_idle)
+        server._fresh[self] = None
+        self._idle = self._loop.call_at(self._opened_at + server.first_request_timeout, self._check_idle)
         log.debug("connection from %s", self.peer)
         if server._closing:
             self.shutdown()
@@ -388,7 +504,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last_active = self._loop.time()
+        self.last_active = self._loop.time()
         try:
             payloads = self._decoder.feed(data)
         except NetstringError as exc:
@@ -397,6 +513,10 @@ class _Connection(asyncio.Protocol):
             payloads = exc.payloads
             self._closing = True
         if payloads:
+            if self._fresh:
+                self._fresh = False
+                self._server._fresh.pop(self, None)
+                self._server._none_idle = False
             self._backlog.extend(payloads)
             self._drain()
         self._update()
@@ -423,7 +543,9 @@ class _Connection(asyncio.Protocol):
         self._pending.clear()
         self._backlog.clear()
         self._closing = True
-        self._server._open.discard(self)
+        server = self._server
+        server._open.discard(self)
+        server._fresh.pop(self, None)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -464,9 +586,11 @@ class _Connection(asyncio.Protocol):
                 break
             pending.popleft()
         if ready:
-            self._last_active = self._loop.time()
+            self.last_active = self._loop.time()
             self._transport.write(b"".join(ready))
         self._drain()
+        if not pending:
+            self._server._none_idle = False
         self._update()
 
     def _update(self) -> None:
@@ -488,13 +612,28 @@ class _Connection(asyncio.Protocol):
             else:
                 transport.pause_reading()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no reply owed, no request waiting, not closing already (an eviction candidate)."""
+        return not self._pending and not self._backlog and not self._closing
+
     def _check_idle(self) -> None:
+        """The connection's one timer: ``first_request_timeout`` until its first request, then ``idle_timeout``."""
         self._idle = None
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        now, timeout = self._loop.time(), self._server.idle_timeout
-        deadline = self._last_active + timeout
+        now = self._loop.time()
+        if self._fresh:
+            deadline = self._opened_at + self._server.first_request_timeout
+            if now >= deadline:
+                log.debug("closing the connection from %s: no request within %g s", self.peer, now - self._opened_at)
+                transport.close()
+            else:
+                self._idle = self._loop.call_at(deadline, self._check_idle)
+            return
+        timeout = self._server.idle_timeout
+        deadline = self.last_active + timeout
         if now >= deadline and not self._pending and not self._backlog:
             log.debug("closing the idle connection from %s", self.peer)
             transport.close()
@@ -505,6 +644,21 @@ class _Connection(asyncio.Protocol):
         """Read no more; close once the replies owed are written (the server is closing)."""
         self._closing = True
         self._update()
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one; it no longer counts as open."""
+        server = self._server
+        server._open.discard(self)
+        server._fresh.pop(self, None)
+        self._closing = True
+        log.debug("closing the idle connection from %s to make room", self.peer)
+        transport = self._transport
+        if transport is not None:
+            # Nothing is owed; replies written but not yet read by the peer would only delay the close.
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -533,6 +687,12 @@ class ServerConfig:
     max_request: int = 1024
     max_pipeline: int = 256
     idle_timeout: float = 600.0
+    first_request_timeout: float = 5.0  # a new connection without a complete request after this is closed
+    max_connections: int | None = None  # None: sized from the descriptor limit (plan_descriptors)
+    max_concurrent_dns: int = 256
+    max_concurrent_fetches: int = 512
+    queue_timeout: float = 30.0  # a lookup waits this long for a DNS or fetch slot, then answers TEMP
+    dns_error: str = "no-policy"  # no-policy (RFC 8461) | defer: a failed TXT query with nothing cached is TEMP
     shutdown_grace: float = 5.0
     refresh_period: float = 3600.0  # proactive refresh (§3.3, §10.2) runs this often; 0 turns it off
     log_level: str = "info"
@@ -547,12 +707,18 @@ class ServerConfig:
                 continue
             if not _is_type(value, expected):
                 raise MTASTSError(f"{name} must be {_TYPE_NAMES[expected]}, not {value!r}")
-        for name in ("cache_size", "max_request", "max_pipeline"):
+        for name in ("cache_size", "max_request", "max_pipeline", "max_concurrent_dns", "max_concurrent_fetches"):
             check_count(name, getattr(self, name))
-        for name in ("fetch_timeout", "request_timeout", "idle_timeout"):
+        if self.max_connections is not None:
+            check_count("max_connections", self.max_connections)
+        for name in ("fetch_timeout", "request_timeout", "idle_timeout", "first_request_timeout"):
             check_seconds(name, getattr(self, name), positive=True)
-        for name in ("shutdown_grace", "refresh_period"):
+        for name in ("shutdown_grace", "refresh_period", "queue_timeout"):
             check_seconds(name, getattr(self, name))
+        if self.dns_error not in DNS_ERROR_MODES:
+            raise MTASTSError(
+                f"dns_error must be one of {', '.join(map(repr, DNS_ERROR_MODES))}, not {self.dns_error!r}"
+            )
         if not 0 <= self.port < 65536:
             raise MTASTSError(f"port must be 0 to 65535, not {self.port}")
         if not 0 < self.policy_port < 65536:
@@ -584,6 +750,12 @@ _FIELD_TYPES: dict[str, type] = {
     "max_request": int,
     "max_pipeline": int,
     "idle_timeout": float,
+    "first_request_timeout": float,
+    "max_connections": int,
+    "max_concurrent_dns": int,
+    "max_concurrent_fetches": int,
+    "queue_timeout": float,
+    "dns_error": str,
     "shutdown_grace": float,
     "refresh_period": float,
     "log_level": str,
@@ -591,7 +763,7 @@ _FIELD_TYPES: dict[str, type] = {
     "cafile": str,
     "policy_port": int,
 }
-_OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile"})
+_OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile", "max_connections"})
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number"}
 #: TOML keys that are not field names.
 _TOML_ALIASES = {"listen": None, "unix": "unix_path"}
@@ -655,6 +827,109 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     return ServerConfig(**fields)
 
 
+# -- descriptors ---------------------------------------------------------------------------------------------------
+
+#: Descriptors kept for everything but connections and lookups: listeners, epoll, the store's files, logs.
+DESCRIPTOR_RESERVE: Final = 64
+_MIN_CONNECTIONS: Final = 16
+_MAX_CONNECTIONS: Final = 100_000
+_MAX_ACCEPT_BATCH: Final = 32
+_NOFILE_UNLIMITED: Final = 1 << 20  # what an unlimited RLIMIT_NOFILE is taken as (capped by fs.nr_open)
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorPlan:
+    """How :func:`serve` splits the descriptor limit ``nofile``: see :func:`plan_descriptors`."""
+
+    nofile: int
+    reserve: int  # listeners, epoll, store files, logs
+    accept_batch: int  # connections asyncio accepts per loop iteration (SocketmapServer(accept_batch=...))
+    max_concurrent_dns: int  # one socket per DNS query
+    max_concurrent_fetches: int  # one socket per policy fetch
+    max_connections: int
+
+    @property
+    def accepting(self) -> int:
+        """Connections accepted but not yet counted, or closed to make room but not yet released: up to three
+        accept batches (accepted, then set up, then counted and their victims closed, a loop iteration each)."""
+        return 3 * self.accept_batch
+
+    @property
+    def total(self) -> int:
+        """Descriptors the plan may use at once."""
+        return (
+            self.reserve + self.accepting + self.max_concurrent_dns + self.max_concurrent_fetches + self.max_connections
+        )
+
+    @property
+    def fits(self) -> bool:
+        """False when the plan may need more descriptors than ``nofile`` (a limit too small, or max_connections)."""
+        return self.total <= self.nofile
+
+
+def plan_descriptors(
+    nofile: int, *, max_connections: int | None, max_concurrent_dns: int, max_concurrent_fetches: int
+) -> DescriptorPlan:
+    """Share ``nofile`` descriptors between connections and lookups so that neither can starve the other.
+
+    After a fixed reserve and three accept batches, lookups (DNS queries + policy fetches) keep their limits unless
+    they would take more than half of what remains: then both are scaled down in proportion (at least 1 each).
+    ``max_connections`` defaults to the rest (16 to 100,000); an explicit value is kept even when it does not fit
+    (:attr:`DescriptorPlan.fits`).
+    """
+    check_count("nofile", nofile)
+    check_count("max_concurrent_dns", max_concurrent_dns)
+    check_count("max_concurrent_fetches", max_concurrent_fetches)
+    if max_connections is not None:
+        check_count("max_connections", max_connections)
+    reserve = DESCRIPTOR_RESERVE
+    batch = max(4, min(_MAX_ACCEPT_BATCH, (nofile - reserve) // 32))
+    remaining = max(0, nofile - reserve - 3 * batch)
+    dns, fetches = max_concurrent_dns, max_concurrent_fetches
+    budget = remaining // 2
+    if dns + fetches > budget:
+        dns, fetches = max(1, dns * budget // (dns + fetches)), max(1, fetches * budget // (dns + fetches))
+    if max_connections is None:
+        max_connections = max(_MIN_CONNECTIONS, min(_MAX_CONNECTIONS, remaining - dns - fetches))
+    return DescriptorPlan(nofile, reserve, batch, dns, fetches, max_connections)
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns the soft limit now in force (logged at INFO).
+
+    An unlimited limit counts as 2**20 descriptors (or ``fs.nr_open``, if lower). A failure is logged, not raised.
+    """
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - not POSIX
+        return _NOFILE_UNLIMITED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = _NOFILE_UNLIMITED
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/nr_open", encoding="ascii") as file:
+        unlimited = min(unlimited, int(file.read()))
+    target = unlimited if hard == resource.RLIM_INFINITY else hard
+    current = unlimited if soft == resource.RLIM_INFINITY else soft
+    if current >= target:
+        log.info("descriptor limit: %d (hard limit %s)", current, _format_rlimit(hard, resource.RLIM_INFINITY))
+        return current
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("descriptor limit: %d; raising it to %d failed: %s", current, target, exc)
+        return current
+    log.info(
+        "descriptor limit: raised from %d to %d (hard limit %s)",
+        current,
+        target,
+        _format_rlimit(hard, resource.RLIM_INFINITY),
+    )
+    return target
+
+
+def _format_rlimit(value: int, infinity: int) -> str:
+    return "unlimited" if value == infinity else str(value)
+
+
 # -- the daemon ----------------------------------------------------------------------------------------------------
 
 
@@ -674,8 +949,37 @@ async def serve(
     world = world_from_args(
         argparse.Namespace(nameserver=config.nameserver, cafile=config.cafile, policy_port=config.policy_port)
     )
+    plan = plan_descriptors(
+        raise_nofile_limit(),
+        max_connections=config.max_connections,
+        max_concurrent_dns=config.max_concurrent_dns,
+        max_concurrent_fetches=config.max_concurrent_fetches,
+    )
+    log.log(
+        logging.INFO if plan.fits else logging.WARNING,
+        "descriptor plan for a limit of %d: %d connections, %d DNS queries, %d policy fetches, "
+        "%d accepted at once, %d in reserve%s",
+        plan.nofile,
+        plan.max_connections,
+        plan.max_concurrent_dns,
+        plan.max_concurrent_fetches,
+        plan.accept_batch,
+        plan.reserve,
+        ""
+        if plan.fits
+        else f" — {plan.total} in all: descriptors may run out (raise LimitNOFILE, or lower max_connections)",
+    )
     store = open_store(config.store)
-    resolver = PolicyResolver(store=store, cache_size=config.cache_size, fetch_timeout=config.fetch_timeout, **world)
+    resolver = PolicyResolver(
+        store=store,
+        cache_size=config.cache_size,
+        fetch_timeout=config.fetch_timeout,
+        max_concurrent_dns=plan.max_concurrent_dns,
+        max_concurrent_fetches=plan.max_concurrent_fetches,
+        queue_timeout=config.queue_timeout,
+        dns_error=config.dns_error,
+        **world,
+    )
     try:
         await resolver.start()
         if config.refresh_period > 0:
@@ -690,6 +994,9 @@ async def serve(
             request_timeout=config.request_timeout,
             max_pipeline=config.max_pipeline,
             idle_timeout=config.idle_timeout,
+            max_connections=plan.max_connections,
+            first_request_timeout=config.first_request_timeout,
+            accept_batch=plan.accept_batch,
         )
         try:
             await server.start()
@@ -701,7 +1008,13 @@ async def serve(
                 ready(server)
             await _wait_for_stop(stop)
         finally:
-            log.info("shutting down (%d requests, %d connections)", server.requests, server.connections)
+            log.info(
+                "shutting down (%d requests, %d connections, %d idle ones closed to make room, %d refused)",
+                server.requests,
+                server.connections,
+                server.evicted,
+                server.rejected,
+            )
             await server.aclose(config.shutdown_grace)
     finally:
         await resolver.aclose()
@@ -753,6 +1066,14 @@ def register_cli(commands: Any) -> None:
     parser.add_argument("--store", metavar="SPEC", help="memory | sqlite (default) | sqlite:PATH | redis://...")
     parser.add_argument("--cache-size", metavar="N", type=int, help="policies kept in memory (default 100000)")
     parser.add_argument("--log-level", choices=_LOG_LEVELS, help="default info")
+    parser.add_argument(
+        "--max-connections", metavar="N", type=int, help="client connections open at most (default: from the limit)"
+    )
+    parser.add_argument(
+        "--dns-error",
+        choices=DNS_ERROR_MODES,
+        help="a failed _mta-sts TXT query with nothing cached: no-policy (default, RFC 8461) or defer (TEMP)",
+    )
     add_world_options(parser)
     parser.set_defaults(handler=_run, policy_port=None)  # None: not given, the file or the default applies
 
@@ -766,7 +1087,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         changes["unix_path"] = None
     if args.unix is not None:
         changes["unix_path"] = args.unix
-    for name in ("store", "cache_size", "log_level", "nameserver", "cafile", "policy_port"):
+    for name in (
+        "store",
+        "cache_size",
+        "log_level",
+        "nameserver",
+        "cafile",
+        "policy_port",
+        "max_connections",
+        "dns_error",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value

@@ -383,7 +383,7 @@ async def test_a_closed_resolver_answers_temp(resolver: PolicyResolver) -> None:
 
 
 async def test_idle_connections_are_closed(resolver: PolicyResolver) -> None:
-    async with SocketmapServer(resolver, port=0, idle_timeout=0.3) as server:
+    async with SocketmapServer(resolver, port=0, idle_timeout=0.3, first_request_timeout=0.3) as server:
         busy = await Client.connect(server)
         idle = await Client.connect(server)
         for _ in range(4):
