@@ -72,7 +72,7 @@ async def test_sqlite_skips_foreign_rows(tmp_path: Path, caplog: pytest.LogCaptu
 async def test_sqlite_scan_is_batched_and_two_stores_share_a_file(tmp_path: Path) -> None:
     path = tmp_path / "p.sqlite3"
     one, two = SQLiteStore(path), SQLiteStore(path)
-    await one.write([StoredPolicy(f"d{i}.example", "1", ENFORCE, 0.0, 0.0, 1e10) for i in range(12_001)], [])
+    await one.write([StoredPolicy(f"d{i}.example", "1", ENFORCE, 0.0, 0.0, 4e9) for i in range(12_001)], [])
     assert len([row async for row in two.scan()]) == 12_001
     await two.write([], ["d0.example"])
     assert await one.get("d0.example") is None

@@ -12,23 +12,26 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._base import PolicyStore, ReportStore, SessionCount, StoredPolicy
+from ._base import DamagedRowError, PolicyStore, ReportStore, SessionCount, StoredPolicy, validate_row
 from .memory import MemoryStore
-from .sqlite import SQLiteStore, default_path
+from .sqlite import SalvageReport, SQLiteStore, default_path
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = [
+    "DamagedRowError",
     "MemoryStore",
     "PolicyStore",
     "RedisStore",
     "ReportStore",
     "SQLiteStore",
+    "SalvageReport",
     "SessionCount",
     "StoredPolicy",
     "default_path",
     "open_store",
+    "validate_row",
 ]
 
 

@@ -6,8 +6,11 @@
   file can still be read): logged once (WARNING), then reads are skipped, or writes kept pending, until
   ``retry_after`` seconds have passed; then the store is tried again, and the recovery is logged (INFO).
   Memory keeps serving — enforcement never weakens because a store is down.
-* A read that cannot be made (the store is down, failed now) raises :class:`StoreUnavailable`: the resolver
-  then knows the store *might* hold a policy for the domain, and never answers "no policy" for it.
+* A read that cannot be made (the store is down, failed now, or the row sits on damaged storage:
+  :class:`~mtasts.stores.DamagedRowError`, which marks nothing down) raises :class:`StoreUnavailable`: the
+  resolver then knows the store *might* hold a policy for the domain, and never answers "no policy" for it.
+* Every row from any store passes :func:`~mtasts.stores.validate_row` (third-party stores too); a row that
+  fails it is skipped and logged — never fatal, never an outage.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from ..errors import LocalError
-from ._base import PolicyStore, StoredPolicy
+from ._base import DamagedRowError, PolicyStore, StoredPolicy, validate_row
 
 __all__ = ["StoreLink", "StoreUnavailable"]
 
@@ -51,6 +54,8 @@ class StoreLink:
         self._down_until: dict[str, float | None] = {"read": None, "write": None}
         self.outages = 0
         self.written = 0
+        self.skipped = 0  # rows that failed validate_row
+        self.damaged = 0  # reads that met damaged storage
 
     # -- outage state -------------------------------------------------------------------------------------------
 
@@ -94,11 +99,27 @@ class StoreLink:
             raise StoreUnavailable("the policy store is down")
         try:
             row = await self.store.get(domain)
+        except DamagedRowError as exc:  # this row only: the store is not down
+            self.damaged += 1
+            if self.damaged == 1 or self.damaged % 1000 == 0:
+                log.warning("policy store: %s (%d such reads so far): answered as unknown", exc, self.damaged)
+            raise StoreUnavailable("the stored row is damaged") from None
         except Exception as exc:
             self._failed("read", "read", exc)
             raise StoreUnavailable(f"the policy store read failed ({type(exc).__name__})") from None
         self._succeeded("read")
-        return row
+        return None if row is None else self._valid(row)
+
+    def _valid(self, row: StoredPolicy) -> StoredPolicy | None:
+        try:
+            return validate_row(row)
+        except Exception as exc:  # a foreign store may hand out anything
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 1000 == 0:
+                domain = row.domain[:100] if isinstance(getattr(row, "domain", None), str) else "?"
+                log.warning("policy store: skipping an unreadable row for %r (%s; %d so far)", domain, exc,
+                            self.skipped)  # fmt: skip
+            return None
 
     async def scan(self) -> AsyncIterator[StoredPolicy]:
         """Every stored row; stops quietly (after logging) if the store fails."""
@@ -106,7 +127,9 @@ class StoreLink:
             return
         try:
             async for row in self.store.scan():
-                yield row
+                valid = self._valid(row)
+                if valid is not None:
+                    yield valid
         except Exception as exc:
             self._failed("read", "scan", exc)
             return

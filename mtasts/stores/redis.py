@@ -17,9 +17,10 @@ Atomicity: a :meth:`RedisStore.write` batch (its deletes first, then its puts) r
 transaction: other clients see all of it or none of it. :meth:`RedisStore.scan` walks the namespace with
 ``SCAN`` and reads values in batches with ``MGET`` (not a snapshot: rows written meanwhile may or may not show).
 
-Failures: values that cannot be read (not JSON, the wrong shape or types, another format version, a domain that
-does not match the key, a key of another Redis type) are skipped — ``get`` returns None — with one WARNING per
-store. Redis errors (:class:`redis.exceptions.ConnectionError`, :class:`redis.exceptions.TimeoutError`, other
+Failures: values that cannot be read (not JSON, the wrong shape, another format version, fields failing
+:func:`~mtasts.stores.validate_row`, a domain that does not match the key, a key of another Redis type) are
+skipped — ``get`` returns None — with one WARNING per store. Redis errors
+(:class:`redis.exceptions.ConnectionError`, :class:`redis.exceptions.TimeoutError`, other
 :class:`redis.exceptions.RedisError`) propagate unchanged; the resolver logs them and serves from memory. Socket
 timeouts bound every call, a broken pooled connection is retried once at once (so a restarted server is picked
 up by the next call) and a dead server fails fast; a write that timed out may or may not have been applied
@@ -34,7 +35,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 
 try:
     import redis.asyncio
@@ -46,7 +46,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("RedisStore needs redis-py: pip install 'mtasts[redis]'") from error
 
-from ._base import SessionCount, StoredPolicy
+from ._base import _TEXT_FIELDS, _TIME_FIELDS, SessionCount, StoredPolicy, validate_row
 
 __all__ = ["FORMAT_VERSION", "RedisStore"]
 
@@ -54,8 +54,7 @@ log = logging.getLogger("mtasts.stores")
 
 #: The ``"v"`` field of every value this version writes; values with another version are skipped.
 FORMAT_VERSION = 1
-_TEXT_FIELDS = ("policy_id", "policy_text", "failed_id", "failure", "failure_detail")
-_TIME_FIELDS = ("fetched_at", "checked_at", "expires_at", "retry_after")
+_FIELDS = _TEXT_FIELDS + _TIME_FIELDS  # every StoredPolicy field but the domain
 _SCAN_COUNT = 1000
 _TLSRPT_TTL = 8 * 86400  # TLS-RPT counters and report states: a report is due within a day or two
 
@@ -65,7 +64,11 @@ def _encode(row: StoredPolicy) -> str:
 
 
 def _decode(raw: bytes | str) -> StoredPolicy | None:
-    """A StoredPolicy from a value, or None when the value holds something else (foreign or corrupt data)."""
+    """A StoredPolicy from a value, or None when the value holds something else (foreign or corrupt data).
+
+    The JSON shape and format version are checked here; the fields themselves by the shared
+    :func:`~mtasts.stores.validate_row` rule (types, finite times in range, consistency).
+    """
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
@@ -73,22 +76,12 @@ def _decode(raw: bytes | str) -> StoredPolicy | None:
     if not isinstance(data, dict):
         return None
     version, domain = data.get("v"), data.get("domain")
-    if type(version) is not int or version != FORMAT_VERSION or not isinstance(domain, str) or not domain:
+    if type(version) is not int or version != FORMAT_VERSION or not isinstance(domain, str):
         return None
-    fields: dict[str, Any] = {}
-    for name in _TEXT_FIELDS:
-        value = data.get(name)
-        if value is not None and not isinstance(value, str):
-            return None
-        fields[name] = value
-    for name in _TIME_FIELDS:
-        value = data.get(name)
-        if value is not None:
-            if type(value) not in (int, float) or not math.isfinite(value):
-                return None
-            value = float(value)
-        fields[name] = value
-    return StoredPolicy(domain, **fields)
+    try:
+        return validate_row(StoredPolicy(domain, **{name: data.get(name) for name in _FIELDS}))
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:
