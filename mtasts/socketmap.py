@@ -133,6 +133,15 @@ def parse_key(key: str) -> str | None:
 # -- the server -------------------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _LimitLog:
+    """What the connection-limit WARNING will report: evictions and rejections since it was last logged."""
+
+    counts: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # evicted, rejected
+    logged_at: float = -math.inf
+    timer: asyncio.TimerHandle | None = None
+
+
 class SocketmapServer:
     """Postfix's socketmap protocol over TCP or a Unix socket, answered by a :class:`PolicyResolver`.
 
@@ -215,9 +224,9 @@ class SocketmapServer:
         self._fresh: dict[_Connection, None] = {}  # open connections yet to send a complete request, oldest first
         self._none_idle = False  # the last victim scan found no idle connection, and none has become idle since
         # the connection-limit WARNING: what happened since the last one, when that was, the timer for the next
-        self._limit_counts = [0, 0]  # evicted, rejected
-        self._limit_logged_at = -math.inf
-        self._limit_timer: asyncio.TimerHandle | None = None
+        # (one object: CPython keeps an instance's attributes in its fast shared layout only up to 30 of them, and
+        # the answer path reads several — measured with python -m benchmarks.instructions)
+        self._limit_log = _LimitLog()
         self._closing = False
         self._stopped = asyncio.Event()
 
@@ -347,23 +356,25 @@ class SocketmapServer:
 
     def _note_limit(self, which: int) -> None:
         """Count an eviction (0) or a rejection (1) for the WARNING, logged at most once per minute."""
-        self._limit_counts[which] += 1
+        limit_log = self._limit_log
+        limit_log.counts[which] += 1
         loop = asyncio.get_running_loop()
-        due = self._limit_logged_at + _LIMIT_LOG_PERIOD
+        due = limit_log.logged_at + _LIMIT_LOG_PERIOD
         if loop.time() >= due:
             self._report_limit()
-        elif self._limit_timer is None:
-            self._limit_timer = loop.call_at(due, self._report_limit)
+        elif limit_log.timer is None:
+            limit_log.timer = loop.call_at(due, self._report_limit)
 
     def _report_limit(self) -> None:
-        if self._limit_timer is not None:
-            self._limit_timer.cancel()
-            self._limit_timer = None
-        evicted, rejected = self._limit_counts
+        limit_log = self._limit_log
+        if limit_log.timer is not None:
+            limit_log.timer.cancel()
+            limit_log.timer = None
+        evicted, rejected = limit_log.counts
         if not evicted and not rejected:
             return
         now = asyncio.get_running_loop().time()
-        since = "" if math.isinf(self._limit_logged_at) else f" in the last {now - self._limit_logged_at:.0f} s"
+        since = "" if math.isinf(limit_log.logged_at) else f" in the last {now - limit_log.logged_at:.0f} s"
         log.warning(
             "at the connection limit (max_connections = %d): %d idle connections closed to make room, "
             "%d new connections refused%s (Postfix defers on a refused lookup)",
@@ -372,8 +383,8 @@ class SocketmapServer:
             rejected,
             since,
         )
-        self._limit_counts = [0, 0]
-        self._limit_logged_at = now
+        limit_log.counts = [0, 0]
+        limit_log.logged_at = now
 
     # -- answers ----------------------------------------------------------------------------------------------------
 
