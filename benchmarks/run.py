@@ -490,13 +490,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"mtasts benchmarks ({mode}) — Python {platform.python_version()}, {os.cpu_count()} CPUs; peer: {peer_name}\n"
     )
     print("\n\n".join(ctx["tables"]))
-    if "load_levels" in ctx and args.plot:
-        if plot(ctx["load_levels"], Path(args.plot)):
-            print(f"\nplot written to {args.plot}")
+    if "load_levels" in ctx:
+        where = plot_path(args.plot, args.json)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        if plot(ctx["load_levels"], where):
+            print(f"\nplot written to {where}")
         else:
             print("\n(matplotlib is not installed: no plot)")
     print(f"\ntotal {report['seconds']:.0f} s")
     return report
+
+
+def plot_path(plot: str | None, json_path: str | None) -> Path:
+    """Where the load plot goes: ``--plot``; else beside the ``--json`` file; else the untracked results folder.
+    A run never rewrites a tracked file unless asked to."""
+    if plot:
+        return Path(plot)
+    if json_path:
+        path = Path(json_path)
+        return path.with_name(f"{path.stem}-load.png")
+    return ROOT / "benchmarks" / "results" / "load.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plot",
         metavar="PATH",
-        default=str(ROOT / "docs" / "benchmarks-load.png"),
-        help="PNG of throughput and p99 vs concurrency (default: docs/benchmarks-load.png)",
+        help="PNG of throughput and p99 vs concurrency (default: next to --json, else benchmarks/results/load.png; "
+        "the docs' picture is docs/benchmarks-load.png: pass it to update it)",
     )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     args = parser.parse_args(argv)

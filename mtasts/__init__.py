@@ -20,6 +20,7 @@ from .errors import (
     PolicyFetchError,
     PolicyWebPKIError,
     TxtRecordError,
+    UsageError,
 )
 from .matching import mx_matches
 from .policy import MAX_MAX_AGE, Mode, Policy, parse_policy
@@ -79,6 +80,7 @@ __all__ = [
     "ResultType",
     "TxtRecord",
     "TxtRecordError",
+    "UsageError",
     "Verdict",
     "classify_tls_error",
     "evaluate",

@@ -21,14 +21,15 @@ from typing import Any
 import dns.asyncresolver
 
 from . import dns as mtasts_dns
+from ._checks import check_seconds
 from .domain import is_address_literal, normalize_domain
-from .errors import MTASTSError, PolicyError, TxtRecordError
-from .fetch import PolicyFetcher
+from .errors import MTASTSError, PolicyError, UsageError
+from .fetch import FetchReport, PolicyFetcher
 from .policy import Mode, Policy, parse_policy
 from .results import MX_NOT_IN_STS_POLICY, ResultType
 from .tls import create_client_context
-from .tlsrpt.record import TlsRptRecordError, parse_tlsrpt_record
-from .txt import parse_txt_record, select_txt_record
+from .tlsrpt.record import explain_tlsrpt_records, is_tlsrpt_record
+from .txt import explain_txt_records, is_sts_record
 
 __all__ = ["check_domain", "register_cli"]
 
@@ -74,105 +75,135 @@ async def check_domain(
     smtp_port: int = 25,
     timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """Check ``domain``; returns the report ``mtasts check --json`` prints (see docs/cli.md)."""
+    """Check ``domain``; returns the report ``mtasts check --json`` prints (see docs/cli.md).
+
+    ``timeout`` bounds every network step — each DNS query, the policy fetch, each SMTP step — and the
+    independent steps (the ``_mta-sts`` and ``_smtp._tls`` TXT queries, the MX query, the policy fetch) run at
+    the same time, so a domain whose DNS is dead is reported within about twice ``timeout``.
+    """
+    timeout = check_seconds("timeout", timeout, positive=True)
+    if starttls:
+        _require_smtp()
     if is_address_literal(domain):
-        raise MTASTSError(f"{domain!r} is an address literal: MTA-STS does not apply (RFC 8461 §3.4)")
+        raise UsageError(f"{domain!r} is an address literal: MTA-STS does not apply (RFC 8461 §3.4)")
     key = normalize_domain(domain)
-    resolver = dns_resolver or dns.asyncresolver.Resolver()
+    if dns_resolver is None:
+        dns_resolver = dns.asyncresolver.Resolver()
+        dns_resolver.lifetime = timeout
+    resolver = dns_resolver
     context = ssl_context or create_client_context()
     problems: list[dict[str, Any]] = []
     notes: list[str] = []
     report: dict[str, Any] = {"domain": key, "input": domain, "problems": problems, "notes": notes}
 
-    # §3.1 the TXT record
+    async def txt(name: str) -> mtasts_dns.TxtAnswer:
+        try:
+            async with asyncio.timeout(timeout):
+                return await mtasts_dns.query_txt(resolver, name + ".")
+        except TimeoutError:
+            return mtasts_dns.TxtAnswer(
+                mtasts_dns.TxtStatus.ERROR, error=mtasts_dns.timeout_message(resolver, name, "TXT", timeout)
+            )
+
+    async def mx() -> tuple[list[str], str | None]:
+        try:
+            async with asyncio.timeout(timeout):
+                return await mtasts_dns.find_mx_hosts(resolver, key), None
+        except TimeoutError:
+            return [], mtasts_dns.timeout_message(resolver, key, "MX", timeout)
+        except MTASTSError as exc:
+            return [], exc.message
+
+    async def fetch() -> FetchReport:
+        fetcher = PolicyFetcher(dns_resolver=resolver, ssl_context=context, port=policy_port, timeout=timeout)
+        try:
+            return await fetcher.fetch_report(key)
+        finally:
+            await fetcher.aclose()
+
     name = f"_mta-sts.{key}"
-    answer = await mtasts_dns.query_txt(resolver, name + ".")
+    answer, tls_answer, (mx_hosts, mx_error), fetched, certificate = await asyncio.gather(
+        txt(name),
+        txt(f"_smtp._tls.{key}"),
+        mx(),
+        fetch(),
+        _host_certificate(resolver, f"mta-sts.{key}", policy_port, context, timeout),
+    )
+
+    # §3.1 the TXT record: the resolver's own rule (txt.explain_txt_records)
     records = [r.decode("ascii", "replace") for r in answer.records]
-    record = select_txt_record(answer.records)
+    record, why = explain_txt_records(answer.records) if answer.status is mtasts_dns.TxtStatus.FOUND else (None, None)
     report["txt"] = {"name": name, "status": answer.status.value, "records": records,
-                     "id": record.id if record else None, "error": answer.error}  # fmt: skip
-    if answer.status is mtasts_dns.TxtStatus.ERROR:
-        _problem(problems, f"{name}: DNS lookup failed ({answer.error})")
+                     "id": record.id if record else None, "error": answer.error, "detail": why}  # fmt: skip
+    if answer.status in (mtasts_dns.TxtStatus.ERROR, mtasts_dns.TxtStatus.LOCAL_ERROR):
+        _problem(problems, answer.error or f"{name} TXT: DNS lookup failed")  # the error names the query
     elif record is None:
-        sts = [r for r in records if r.startswith("v=STSv1")]
-        if not sts:
+        if why is None or not any(is_sts_record(r) for r in answer.records):
             _problem(problems, f"no MTA-STS TXT record at {name}: the domain publishes no policy")
-        elif len(sts) > 1:
-            _problem(problems, f"{len(sts)} MTA-STS TXT records at {name}: exactly one is allowed (RFC 8461 §3.1)")
         else:
-            try:
-                parse_txt_record(sts[0])
-            except TxtRecordError as exc:
-                _problem(problems, f"invalid TXT record {sts[0]!r}: {exc.message}")
+            _problem(problems, f"{name}: {why}")
 
     # §3.2, §3.3 the policy
-    fetcher = PolicyFetcher(dns_resolver=resolver, ssl_context=context, port=policy_port, timeout=timeout)
     policy: Policy | None = None
-    try:
-        fetch = await fetcher.fetch_report(key)
-    finally:
-        await fetcher.aclose()
-    certificate = await _host_certificate(resolver, f"mta-sts.{key}", policy_port, context, timeout)
-    report["policy_url"] = fetch.url
+    report["policy_url"] = fetched.url
     report["fetch"] = {
-        "status": fetch.status, "content_type": fetch.content_type,
-        "bytes": len(fetch.body) if fetch.body is not None else None,
+        "status": fetched.status, "content_type": fetched.content_type,
+        "bytes": len(fetched.body) if fetched.body is not None else None,
         "certificate": _certificate(certificate),
-        "error": fetch.error.message if fetch.error else None,
-        "result_type": fetch.error.result_type if fetch.error else None,
+        "error": fetched.error.message if fetched.error else None,
+        "result_type": fetched.error.result_type if fetched.error else None,
     }  # fmt: skip
     report["policy_error"] = None
-    if fetch.error is not None:
-        if record is not None or fetch.status is not None:
-            _problem(problems, fetch.error.message, fetch.error.result_type)
-    elif fetch.body is not None:
+    if fetched.error is not None:
+        if record is not None or fetched.status is not None:
+            _problem(problems, fetched.error.message, fetched.error.result_type)
+    elif fetched.body is not None:
         try:
-            policy = parse_policy(fetch.body)
+            policy = parse_policy(fetched.body)
         except PolicyError as exc:
             report["policy_error"] = {"line": exc.line, "message": exc.message}
             _problem(problems, f"the policy is invalid: {exc.message}", ResultType.STS_POLICY_INVALID)
-    if policy is not None and record is None:
+    if policy is not None and record is None and answer.status is mtasts_dns.TxtStatus.FOUND:
         _problem(problems, "a policy is served, but without a valid TXT record senders never fetch it")
     report["policy"] = _policy_json(policy) if policy is not None else None
-    if policy is not None and policy.mode is not Mode.ENFORCE:
-        notes.append(f"mode {policy.mode.value}: failures are reported, not enforced")
+    withdrawn = policy is not None and policy.mode is Mode.NONE
+    if withdrawn:
+        notes.append("mode none: the domain has withdrawn its policy — senders treat it as having none "
+                     "(RFC 8461 §5), so there is nothing to match")  # fmt: skip
+    elif policy is not None and policy.mode is Mode.TESTING:
+        notes.append("mode testing: failures are reported (TLS-RPT), not enforced")
 
-    # §4.1 MX hosts
-    report["mx"], report["mx_error"] = [], None
-    try:
-        mx_hosts = await mtasts_dns.find_mx_hosts(resolver, key)
-    except MTASTSError as exc:
-        mx_hosts = []
-        report["mx_error"] = exc.message
-        _problem(problems, f"MX lookup: {exc.message}")
+    # §4.1 MX hosts (matched only against a policy in force: enforce or testing)
+    report["mx"], report["mx_error"] = [], mx_error
+    if mx_error is not None:
+        _problem(problems, mx_error)
     probes = await _probe_all(mx_hosts, resolver, context, smtp_port, timeout) if starttls else {}
     for host in mx_hosts:
-        matches = policy.matches(host) if policy is not None else None
+        matches = policy.matches(host) if policy is not None and not withdrawn else None
         entry: dict[str, Any] = {"host": host, "matches": matches, "starttls": probes.get(host)}
         report["mx"].append(entry)
-        if policy is not None and policy.mode is not Mode.NONE and not matches:
+        if matches is False:
             _problem(problems, f"MX {host} matches no mx pattern of the policy ({MX_NOT_IN_STS_POLICY})",
                      ResultType.VALIDATION_FAILURE)  # fmt: skip
         probe = probes.get(host)
         if probe is not None and (probe["result_type"] or probe["ip"] is None):
             _problem(problems, f"MX {host}: {probe['detail']}", probe["result_type"])
-    if starttls and probes.get("_error"):
-        _problem(problems, str(probes["_error"]))
 
-    # RFC 8460 §3 the TLS-RPT record
-    tls_answer = await mtasts_dns.query_txt(resolver, f"_smtp._tls.{key}.")
+    # RFC 8460 §3 the TLS-RPT record: a failed query is a failure, not an absent record
+    tls_name = f"_smtp._tls.{key}"
     tls_records = [r.decode("ascii", "replace") for r in tls_answer.records]
-    report["tlsrpt"] = {"name": f"_smtp._tls.{key}", "records": tls_records, "rua": [], "error": None}
-    candidates = [r for r in tls_answer.records if r.startswith(b"v=TLSRPTv1")]
-    if len(candidates) == 1:
-        try:
-            report["tlsrpt"]["rua"] = list(parse_tlsrpt_record(candidates[0]).rua)
-        except TlsRptRecordError as exc:
-            report["tlsrpt"]["error"] = exc.message
-            _problem(problems, f"TLS-RPT record: {exc.message}")
-    elif len(candidates) > 1:
-        report["tlsrpt"]["error"] = "several TLS-RPT records"
-        _problem(problems, f"{len(candidates)} TLS-RPT records at _smtp._tls.{key}: exactly one is allowed")
+    report["tlsrpt"] = {"name": tls_name, "status": tls_answer.status.value, "records": tls_records, "rua": [],
+                        "error": None}  # fmt: skip
+    if tls_answer.status in (mtasts_dns.TxtStatus.ERROR, mtasts_dns.TxtStatus.LOCAL_ERROR):
+        report["tlsrpt"]["error"] = tls_answer.error or f"{tls_name} TXT: DNS lookup failed"
+        _problem(problems, report["tlsrpt"]["error"])
+    elif any(is_tlsrpt_record(r) for r in tls_answer.records):
+        found, reason = explain_tlsrpt_records(tls_answer.records)
+        if found is not None:
+            report["tlsrpt"]["rua"] = list(found.rua)
+        else:
+            report["tlsrpt"]["error"] = reason
+            _problem(problems, f"TLS-RPT record at {tls_name}: {reason}")
     else:
         notes.append("no TLS-RPT record: the domain gets no reports of TLS failures (RFC 8460)")
     return report
@@ -183,8 +214,8 @@ async def _host_certificate(
 ) -> dict[str, Any] | None:
     """The certificate ``host`` presents, if it validates (a diagnostic connection of its own)."""
     try:
-        address = (await mtasts_dns.resolve_addresses(resolver, host))[0]
         async with asyncio.timeout(timeout):
+            address = (await mtasts_dns.resolve_addresses(resolver, host))[0]
             _, writer = await asyncio.open_connection(address, port, ssl=context, server_hostname=host)
     except (MTASTSError, OSError, TimeoutError):
         return None  # the fetch's own error says why
@@ -197,13 +228,18 @@ async def _host_certificate(
             await writer.wait_closed()
 
 
+def _require_smtp() -> None:
+    try:
+        import aiosmtplib  # noqa: F401, PLC0415 - the smtp extra
+    except ImportError:
+        raise UsageError("--starttls needs the smtp extra: pip install 'mtasts[smtp]'") from None
+
+
 async def _probe_all(
     mx_hosts: list[str], resolver: dns.asyncresolver.Resolver, context: Any, port: int, timeout: float
 ) -> dict[str, Any]:
-    try:
-        from .delivery import probe_starttls  # noqa: PLC0415 - needs the smtp extra (aiosmtplib)
-    except ImportError:
-        return {"_error": "--starttls needs aiosmtplib: pip install 'mtasts[smtp]'"}
+    from .delivery import probe_starttls  # noqa: PLC0415 - needs the smtp extra (checked by _require_smtp)
+
     probes = await asyncio.gather(
         *(probe_starttls(mx, resolver=resolver, port=port, tls_context=context, timeout=timeout) for mx in mx_hosts)
     )
@@ -217,7 +253,7 @@ async def _probe_all(
 
 
 def register_cli(commands: Any) -> None:
-    from .cli import add_world_options  # noqa: PLC0415 - cli imports this module
+    from .cli import add_world_options, port_number, positive_seconds  # noqa: PLC0415 - cli imports this module
 
     parser = commands.add_parser(
         "check", help="look a domain's MTA-STS policy up and report every problem (exit 1 if any)"
@@ -225,8 +261,10 @@ def register_cli(commands: Any) -> None:
     parser.add_argument("domain")
     parser.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
     parser.add_argument("--starttls", action="store_true", help="also check STARTTLS and the certificate of each MX")
-    parser.add_argument("--smtp-port", type=int, default=25, help=argparse.SUPPRESS)  # for test worlds
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds for each fetch / SMTP step")
+    parser.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, help="seconds for each network step: DNS, fetch, SMTP"
+    )
     add_world_options(parser)
     parser.set_defaults(handler=_run)
 
@@ -235,6 +273,10 @@ def _run(args: argparse.Namespace) -> int:
     from .cli import world_from_args  # noqa: PLC0415
 
     world = world_from_args(args)
+    dns_resolver = world.get("dns_resolver")
+    if dns_resolver is not None:  # --timeout bounds every DNS query too
+        dns_resolver.lifetime = args.timeout
+        dns_resolver.timeout = min(dns_resolver.timeout, args.timeout)
     report = asyncio.run(
         check_domain(
             args.domain,
@@ -265,6 +307,8 @@ def render(report: dict[str, Any], *, color: bool = False) -> str:
     lines.append(f"  TXT {txt['name']:<40} {ok if txt['id'] else bad}  {txt['status']}"
                  + (f", id={txt['id']}" if txt["id"] else ""))  # fmt: skip
     lines.extend(f"      {r}" for r in txt["records"])
+    if txt["error"] or txt.get("detail"):
+        lines.append(f"      {txt['error'] or txt['detail']}")
     fetch = report["fetch"]
     status = fetch["status"] if fetch["status"] is not None else "-"
     lines.append(f"  GET {report['policy_url']:<40} {ok if report['policy'] else bad}  HTTP {status}"
@@ -283,6 +327,8 @@ def render(report: dict[str, Any], *, color: bool = False) -> str:
         lines.append(
             f"  policy: mode {policy['mode']}, max_age {policy['max_age']}, mx {', '.join(policy['mx']) or '-'}"
         )
+        if policy["mode"] == "none":
+            lines.append("      withdrawn: senders treat the domain as having no policy (RFC 8461 §5)")
     lines.append("")
     if report["mx"]:
         lines.append("  MX host                                   matches  STARTTLS")
@@ -299,7 +345,12 @@ def render(report: dict[str, Any], *, color: bool = False) -> str:
     elif report["mx_error"]:
         lines.append(f"  MX: {bad} {report['mx_error']}")
     tlsrpt = report["tlsrpt"]
-    rua = ", ".join(tlsrpt["rua"]) if tlsrpt["rua"] else (tlsrpt["error"] or "no record")
+    if tlsrpt["rua"]:
+        rua = ", ".join(tlsrpt["rua"])
+    elif tlsrpt["error"]:
+        rua = f"{bad} {tlsrpt['error']}"
+    else:
+        rua = "no record"
     lines.append(f"  TLS-RPT {tlsrpt['name']}: {rua}")
     lines.append("")
     for note in report["notes"]:

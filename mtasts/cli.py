@@ -8,7 +8,9 @@
 
 ``check`` and ``serve-socketmap`` take the world options ``--nameserver IP[:PORT]``, ``--cafile PEM`` and
 ``--policy-port N``, so they run against a :mod:`mtasts.testing` world as well as the internet.
-Exit codes: 0 ok, 1 problems found (``check``) or a failure, 2 usage.
+Exit codes: 0 ok, 1 problems found (``check``) or a failure, 2 usage. A usage error is one line on stderr (and,
+with ``--json``, ``{"error": ..., "exit": 2}`` on stdout); a closed pipe (``mtasts check ... | head -1``) ends
+quietly.
 """
 
 from __future__ import annotations
@@ -16,17 +18,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
+import math
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import dns.asyncresolver
 
-from .errors import MTASTSError
+from .errors import MTASTSError, UsageError
 from .policy import parse_policy
 from .verdict import evaluate
 
-__all__ = ["add_world_options", "main", "world_from_args"]
+__all__ = [
+    "Parser",
+    "add_world_options",
+    "main",
+    "port_number",
+    "positive_count",
+    "positive_seconds",
+    "world_from_args",
+]
 
 #: RFC 8461 §3.2's example policy.
 RFC_EXAMPLE_POLICY = """\
@@ -39,6 +52,58 @@ max_age: 604800
 """
 
 
+# -- argument types: a bad value is a usage error naming the option, never a traceback --------------------------
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port number is 1 to 65535, not {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a port number is 1 to 65535, not {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (a finite number > 0), not {text}")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value}")
+    return value
+
+
+class _UsageExit(Exception):
+    """argparse found a usage error (raised instead of its two-line message and exit)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors reach :func:`main` as one line (not usage text plus an exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageExit(self.prog, message)
+
+
 # -- the world options, shared by check and serve-socketmap -----------------------------------------------------
 
 
@@ -47,7 +112,7 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("world (default: the system's DNS and trust store, port 443)")
     group.add_argument("--nameserver", metavar="IP[:PORT]", help="DNS server to use instead of the system's")
     group.add_argument("--cafile", metavar="PEM", help="trust store for policy hosts and MX certificates")
-    group.add_argument("--policy-port", metavar="N", type=int, default=443, help="HTTPS port of policy hosts")
+    group.add_argument("--policy-port", metavar="N", type=port_number, default=443, help="HTTPS port of policy hosts")
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -57,7 +122,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
         host, _, rest = text[1:].partition("]")
         if rest:
             if not rest.startswith(":"):
-                raise MTASTSError(f"bad --nameserver {text!r}")
+                raise UsageError(f"bad --nameserver {text!r}")
             port = int(rest[1:])
     elif text.count(":") == 1:
         host, _, raw_port = text.partition(":")
@@ -65,9 +130,9 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise MTASTSError(f"--nameserver needs an IP address, not {host!r}") from None
+        raise UsageError(f"--nameserver needs an IP address, not {host!r}") from None
     if not 0 < port < 65536:
-        raise MTASTSError(f"bad port in --nameserver {text!r}")
+        raise UsageError(f"bad port in --nameserver {text!r}")
     return host, port
 
 
@@ -80,7 +145,7 @@ def world_from_args(args: argparse.Namespace) -> dict[str, Any]:
         try:
             host, port = parse_nameserver(args.nameserver)
         except ValueError:
-            raise MTASTSError(f"bad --nameserver {args.nameserver!r}") from None
+            raise UsageError(f"bad --nameserver {args.nameserver!r}") from None
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [host]
         resolver.port = port
@@ -90,7 +155,7 @@ def world_from_args(args: argparse.Namespace) -> dict[str, Any]:
         try:
             kwargs["ssl_context"] = create_client_context(cafile=args.cafile)
         except OSError as exc:
-            raise MTASTSError(f"cannot read --cafile {args.cafile}: {exc}") from None
+            raise UsageError(f"cannot read --cafile {args.cafile}: {exc.strerror or exc}") from None
     return kwargs
 
 
@@ -150,8 +215,30 @@ def _register_optional(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtasts", description="MTA-STS (RFC 8461) for sending mail servers")
-    commands = parser.add_subparsers(dest="command", required=True)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _main(arguments)
+        sys.stdout.flush()  # here, not at interpreter exit: a closed pipe is then caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (``| head -1``): stop quietly. Point stdout at /dev/null so that the interpreter's
+        # final flush does not raise again (the idiom of the Python docs, "Note on SIGPIPE").
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 1
+
+
+def _usage_error(prog: str, message: str, arguments: list[str]) -> int:
+    """One line on stderr; with ``--json``, also a JSON object on stdout (for scripts that parse stdout)."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    if "--json" in arguments:
+        print(json.dumps({"error": message, "exit": 2}))
+    return 2
+
+
+def _main(arguments: list[str]) -> int:
+    parser = Parser(prog="mtasts", description="MTA-STS (RFC 8461) for sending mail servers")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     demo = commands.add_parser("demo", help="a loopback world of MTA-STS domains and what mtasts makes of them")
     demo.add_argument("--static", action="store_true", help="only the RFC's example policy, no servers")
     demo.set_defaults(handler=_demo)
@@ -160,12 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.set_defaults(handler=_bench)
     _register_optional(commands)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(arguments)
+    except _UsageExit as exc:
+        return _usage_error(exc.prog, f"{exc.message} (see {exc.prog} --help)", arguments)
     try:
         result: int = args.handler(args)
-    except MTASTSError as exc:
-        print(f"mtasts: {exc}", file=sys.stderr)
-        return 2
+    except MTASTSError as exc:  # bad input that only the command could see (a domain, a file, a value)
+        return _usage_error(f"mtasts {args.command}", exc.message, arguments)
     except KeyboardInterrupt:
         return 130
     return result

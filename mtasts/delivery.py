@@ -37,8 +37,12 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-import aiosmtplib
 import dns.asyncresolver
+
+try:
+    import aiosmtplib
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError("mtasts.delivery needs aiosmtplib: pip install 'mtasts[smtp]'") from error
 
 from . import dns as mtasts_dns
 from .domain import is_address_literal, normalize_domain

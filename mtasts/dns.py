@@ -104,6 +104,43 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def servers(resolver: object) -> str:
+    """The DNS servers a (possibly wrapped) dnspython resolver asks, for messages: ``127.0.0.1:5353``."""
+    for _ in range(4):  # GatedResolver and similar wrappers keep the real one in .resolver
+        if hasattr(resolver, "nameservers"):
+            break
+        resolver = getattr(resolver, "resolver", None)
+    nameservers = getattr(resolver, "nameservers", None) or []
+    port = getattr(resolver, "port", 53)
+    shown = []
+    for server in list(nameservers)[:3]:
+        text = str(getattr(server, "address", server))
+        shown.append(f"[{text}]:{port}" if ":" in text else f"{text}:{port}")
+    return ", ".join(shown) or "the system's DNS servers"
+
+
+def timeout_message(resolver: object, name: str, rdtype: str, seconds: float) -> str:
+    """One line for a DNS query that got no answer in time."""
+    return f"DNS timeout after {seconds:g} s asking {servers(resolver)} for {name.rstrip('.')} {rdtype}"
+
+
+def describe_failure(exc: BaseException, resolver: object, name: str, rdtype: str) -> str:
+    """One short line for a failed DNS query (dnspython's own texts run to hundreds of characters)."""
+    shown = name.rstrip(".")
+    if isinstance(exc, dns.exception.Timeout):
+        seconds = exc.kwargs.get("timeout") if isinstance(getattr(exc, "kwargs", None), dict) else None
+        return timeout_message(resolver, name, rdtype, seconds if isinstance(seconds, int | float) else 0.0)
+    if isinstance(exc, dns.resolver.NoNameservers):
+        errors = exc.kwargs.get("errors") or []
+        said = [str(item[3]) for item in errors if isinstance(item, tuple) and len(item) > 3][:1]
+        detail = f": {said[0][:80]}" if said else ""
+        return f"no DNS server answered {shown} {rdtype} (asked {servers(resolver)}{detail})"
+    local = local_os_error(exc)
+    if local is not None:
+        return _describe_local(local)
+    return f"DNS error asking {servers(resolver)} for {shown} {rdtype}: {_describe(exc)[:120]}"
+
+
 def _describe_local(exc: OSError) -> str:
     return f"a local resource ran out: {exc.strerror or exc}"
 
@@ -125,7 +162,7 @@ async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
         local = local_os_error(exc)
         if local is not None:
             return TxtAnswer(TxtStatus.LOCAL_ERROR, error=_describe_local(local))
-        return TxtAnswer(TxtStatus.ERROR, error=_describe(exc))
+        return TxtAnswer(TxtStatus.ERROR, error=describe_failure(exc, resolver, name, "TXT"))
     if answer.rrset is None:
         return TxtAnswer(TxtStatus.NODATA)
     return TxtAnswer(TxtStatus.FOUND, tuple(b"".join(rdata.strings) for rdata in answer.rrset))
@@ -147,7 +184,7 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
             local = local_os_error(exc)
             if local is not None:
                 raise LocalError(f"{host}: {_describe_local(local)}") from None
-            problems.append(f"{dns.rdatatype.to_text(rdtype)}: {_describe(exc)}")
+            problems.append(describe_failure(exc, resolver, host, dns.rdatatype.to_text(rdtype)))
             continue
         if answer.rrset is not None:
             return [rdata.address for rdata in answer.rrset]
@@ -178,7 +215,9 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
     except LocalError as exc:
         raise MXTransientFailure(f"{domain}: MX lookup failed here ({exc.message})") from None
     except _DNS_FAILURES as exc:
-        raise MXTransientFailure(f"{domain}: MX lookup failed ({type(exc).__name__}: {exc})") from None
+        raise MXTransientFailure(
+            f"{domain}: MX lookup failed ({describe_failure(exc, resolver, domain, 'MX')})"
+        ) from None
     if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
         try:
             await resolve_addresses(resolver, domain)

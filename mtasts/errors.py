@@ -23,6 +23,7 @@ __all__ = [
     "PolicyFetchError",
     "PolicyWebPKIError",
     "TxtRecordError",
+    "UsageError",
 ]
 
 
@@ -38,6 +39,13 @@ class MTASTSError(Exception):
         super().__init__(message)
         self.message = message
         self.result_type: str | None = result_type if result_type is not None else self.default_result_type
+
+
+class UsageError(MTASTSError, ValueError):
+    """The caller misused the API or the command line: a bad argument, option or configuration value.
+
+    Both an :class:`MTASTSError` and a ``ValueError``; the command line answers it with exit status 2.
+    """
 
 
 class DomainError(MTASTSError):

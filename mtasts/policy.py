@@ -236,9 +236,12 @@ def _decode(body: str | bytes) -> str:
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """Split on ``LF`` / ``CRLF`` (§3.2 ``sts-policy-term``); a bare CR is an error."""
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+    """Split on ``LF`` / ``CRLF`` (§3.2 ``sts-policy-term``); a bare CR is an error — also at the very end of the
+    body, where no LF follows it (``max_age: 60\\r``): only ``CR LF`` is a terminator."""
+    pieces = text.split("\n")
+    last = len(pieces)
+    for number, raw in enumerate(pieces, start=1):
+        line = raw[:-1] if raw.endswith("\r") and number < last else raw
         if "\r" in line:
             raise PolicyError("bare CR: lines end with LF or CRLF (RFC 8461 §3.2)", line=number)
         yield number, line

@@ -37,7 +37,7 @@ import math
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ from .policy import Mode, Policy, parse_policy
 from .stores._base import PolicyStore, StoredPolicy
 from .stores._link import StoreLink, StoreUnavailable
 from .tls import create_client_context, ensure_strict
-from .txt import select_txt_record
+from .txt import explain_txt_records, select_txt_record
 
 __all__ = [
     "NOT_CACHED",
@@ -98,6 +98,7 @@ class PolicyLookup:
     policy: Policy | None = None
     policy_id: str | None = None
     fetched_at: float | None = None
+    #: answered from memory with no I/O: a cached policy, or a remembered "no policy" / failure
     from_cache: bool = False
     #: RFC 8460 result type of a failure seen during this lookup (even when a cached policy still applies).
     result_type: str | None = None
@@ -129,6 +130,11 @@ class NotCached(enum.Enum):
     """The type of :data:`NOT_CACHED`."""
 
     TOKEN = "NOT_CACHED"
+
+    def __repr__(self) -> str:
+        return "NOT_CACHED"
+
+    __str__ = __repr__
 
 
 #: What :meth:`PolicyResolver.cached_policy` returns when memory alone cannot answer.
@@ -712,7 +718,7 @@ class PolicyResolver:
             else:
                 lookup = PolicyLookup(key, LookupStatus.NO_POLICY, error=_why_no_record(answer))
             ttl = self._dns_error_ttl if lookup.status is LookupStatus.DNS_ERROR else self._negative_ttl
-            self._negative.put(key, lookup, self._now() + ttl)
+            self._negative.put(key, replace(lookup, from_cache=True), self._now() + ttl)
             return lookup
 
         policy_id = checked.policy_id
@@ -778,7 +784,8 @@ class PolicyResolver:
             return self._local_error(key, f"{error}; {unread}")
         lookup = PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
         # Remembered briefly, like a DNS failure: a broken policy host must not cost a TXT query per message.
-        self._negative.put(key, lookup, self._now() + min(self._dns_error_ttl, self._failure_backoff))
+        expires = self._now() + min(self._dns_error_ttl, self._failure_backoff)
+        self._negative.put(key, replace(lookup, from_cache=True), expires)
         return lookup
 
     def _notify(
@@ -808,12 +815,7 @@ def _why_no_record(answer: mtasts_dns.TxtAnswer) -> str:
         return "no _mta-sts record (NXDOMAIN)"
     if answer.status is mtasts_dns.TxtStatus.NODATA:
         return "no _mta-sts TXT record (NODATA)"
-    sts = [r for r in answer.records if r.startswith(b"v=STSv1")]
-    if not sts:
-        return "no TXT record begins with v=STSv1;"
-    if len(sts) > 1:
-        return f"{len(sts)} STS TXT records: RFC 8461 §3.1 requires exactly one"
-    return f"invalid STS TXT record: {sts[0][:100]!r}"
+    return explain_txt_records(answer.records)[1] or "no usable MTA-STS TXT record"
 
 
 def _call_safely(callback: Callable[[FetchFailure], object], failure: FetchFailure) -> None:

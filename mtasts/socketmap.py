@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._checks import check_count, check_seconds
-from .cli import add_world_options, world_from_args
+from .cli import add_world_options, positive_count, world_from_args
 from .domain import is_address_literal, normalize_domain
 from .errors import DomainError, MTASTSError
 from .netstring import NetstringDecoder, NetstringError, encode
@@ -738,8 +738,9 @@ class ServerConfig:
             raise MTASTSError(f"unix_mode must be a permission mode such as 0o660, not {self.unix_mode!r}")
         if self.log_level.lower() not in _LOG_LEVELS:
             raise MTASTSError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
-        if not self.store:
-            raise MTASTSError("store must not be empty")
+        from .stores import check_store_spec  # noqa: PLC0415 - the stores load sqlite3 only when serving
+
+        check_store_spec(self.store)
 
     @property
     def listen(self) -> str:
@@ -1075,10 +1076,15 @@ def register_cli(commands: Any) -> None:
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
     parser.add_argument("--config", metavar="FILE.toml", help="configuration file (keys: docs/postfix.md)")
     parser.add_argument("--store", metavar="SPEC", help="memory | sqlite (default) | sqlite:PATH | redis://...")
-    parser.add_argument("--cache-size", metavar="N", type=int, help="policies kept in memory (default 100000)")
+    parser.add_argument(
+        "--cache-size", metavar="N", type=positive_count, help="policies kept in memory (default 100000)"
+    )
     parser.add_argument("--log-level", choices=_LOG_LEVELS, help="default info")
     parser.add_argument(
-        "--max-connections", metavar="N", type=int, help="client connections open at most (default: from the limit)"
+        "--max-connections",
+        metavar="N",
+        type=positive_count,
+        help="client connections open at most (default: from the limit)",
     )
     parser.add_argument(
         "--dns-error",

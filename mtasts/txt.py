@@ -20,7 +20,7 @@ from typing import TypeVar
 from . import _abnf
 from .errors import MTASTSError, TxtRecordError
 
-__all__ = ["TxtRecord", "parse_txt_record", "select_txt_record"]
+__all__ = ["TxtRecord", "explain_txt_records", "parse_txt_record", "select_txt_record"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 R = TypeVar("R")
@@ -70,13 +70,35 @@ def select_one(
 ) -> R | None:
     """The multiple-record rule shared by RFC 8461 §3.1 and RFC 8460 §3: keep the records ``is_candidate`` accepts;
     unless exactly one is left and ``parse`` accepts it (rather than raising an MTASTSError), the answer is None."""
-    candidates = [record for record in records if is_candidate(record)]
-    if len(candidates) != 1:
-        return None
+    return explain_one(records, is_candidate, parse, kind="", prefix="", section="")[0]
+
+
+def explain_one(
+    records: Iterable[str | bytes],
+    is_candidate: Callable[[str | bytes], bool],
+    parse: Callable[[str | bytes], R],
+    *,
+    kind: str,
+    prefix: str,
+    section: str,
+) -> tuple[R | None, str | None]:
+    """:func:`select_one`, with the reason when the answer is None: no candidate, several, or an invalid one.
+
+    The one place that says why a set of TXT records holds no usable record; ``kind`` ("MTA-STS"), ``prefix``
+    ("v=STSv1;") and ``section`` ("RFC 8461 §3.1") only word the reason.
+    """
+    every = list(records)
+    candidates = [record for record in every if is_candidate(record)]
+    if not candidates:
+        others = f" ({len(every)} other TXT record{'s' if len(every) != 1 else ''})" if every else ""
+        return None, f"no TXT record begins with {prefix}{others}"
+    if len(candidates) > 1:
+        return None, f"{len(candidates)} {kind} TXT records: {section} requires exactly one"
     try:
-        return parse(candidates[0])
-    except MTASTSError:
-        return None
+        return parse(candidates[0]), None
+    except MTASTSError as exc:
+        shown = candidates[0].decode("ascii", "replace") if isinstance(candidates[0], bytes) else candidates[0]
+        return None, f"invalid {kind} TXT record {shown[:100]!r}: {exc.message}"
 
 
 def parse_txt_record(text: str | bytes) -> TxtRecord:
@@ -124,3 +146,10 @@ def select_txt_record(records: Iterable[str | bytes]) -> TxtRecord | None:
     "senders MUST assume the recipient domain does not have an available MTA-STS Policy".
     """
     return select_one(records, is_sts_record, parse_txt_record)
+
+
+def explain_txt_records(records: Iterable[str | bytes]) -> tuple[TxtRecord | None, str | None]:
+    """:func:`select_txt_record` and, when it gives None, why (the same rule: ``v=STSv10`` is not an STS record)."""
+    return explain_one(
+        records, is_sts_record, parse_txt_record, kind="MTA-STS", prefix="v=STSv1;", section="RFC 8461 §3.1"
+    )

@@ -451,7 +451,7 @@ async def test_mismatched_answers_are_never_records(world: World, clock: FakeClo
         )
     assert (w.status, w.policy_id, w.policy) == (LookupStatus.CACHED, "1", parse_policy(ENFORCE))
     assert (c.status, c.policy) == (LookupStatus.DNS_ERROR, None)
-    assert "Timeout" in (c.error or "")
+    assert "timeout" in (c.error or "").lower()
     assert w_seconds < lifetime + SLACK and c_seconds < lifetime + SLACK
     assert world.queries("_mta-sts.cold.example", "TXT") >= 1
     assert world.requests("mta-sts.warm.example") == 1 and world.requests("mta-sts.cold.example") == 0

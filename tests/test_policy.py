@@ -207,3 +207,18 @@ def test_long_line_of_spaces_parses_quickly() -> None:
     with pytest.raises(PolicyError):
         parse_policy(BASE + "x: a" + " " * 65536 + "\t b\n")
     assert parse_policy(BASE + "x: a" + " " * 65536 + "b\n").extensions["x"].endswith(" b")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 60\r",  # a bare CR ends the body (issue 13)
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 60\r",
+        "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 60\n\r",
+        b"version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 60\r",
+    ],
+)
+def test_a_bare_cr_at_the_end_is_invalid(body: str | bytes) -> None:
+    with pytest.raises(PolicyError, match="bare CR"):
+        parse_policy(body)
+    assert parse_policy("version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 60\r\n").max_age == 60

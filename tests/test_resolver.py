@@ -531,3 +531,18 @@ async def test_close_cancels_lookups_in_flight(world: World, clock: FakeClock) -
     after = await resolver.lookup("slow.example")
     assert (after.status, after.defer) == (LookupStatus.LOCAL_ERROR, True)
     assert "closed" in (after.error or "")
+
+
+def test_not_cached_reads_as_its_name() -> None:
+    assert repr(NOT_CACHED) == str(NOT_CACHED) == "NOT_CACHED"
+
+
+async def test_answers_from_the_negative_cache_say_from_cache(world: World, clock: FakeClock) -> None:
+    """Issue 13: a remembered "no policy" (or failure) costs no I/O, and says so."""
+    world.publish("broken.example", ENFORCE, txt_failure="servfail")
+    async with world.policy_resolver(clock=clock) as resolver:
+        for domain, status in [("absent.example", LookupStatus.NO_POLICY), ("broken.example", LookupStatus.DNS_ERROR)]:
+            first = await resolver.lookup(domain)
+            again = await resolver.lookup(domain)
+            assert (first.status, first.from_cache) == (status, False)
+            assert (again.status, again.from_cache) == (status, True)

@@ -41,18 +41,28 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def check_store_spec(spec: object) -> str:
+    """``spec`` if :func:`open_store` understands it, else :class:`~mtasts.errors.UsageError` (nothing is opened)."""
+    from ..errors import UsageError  # noqa: PLC0415 - keep the package import light
+
+    if isinstance(spec, str) and (
+        spec in ("memory", "sqlite")
+        or (spec.startswith("sqlite:") and len(spec) > len("sqlite:"))
+        or spec.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        return spec
+    raise UsageError(f"unknown store {spec!r}: memory, sqlite, sqlite:PATH or redis://HOST:PORT/DB")
+
+
 def open_store(spec: str) -> PolicyStore:
     """A store from a command-line spec: ``memory``, ``sqlite`` (the default file), ``sqlite:PATH``,
     ``redis://...`` / ``rediss://...``."""
-    from ..errors import MTASTSError  # noqa: PLC0415 - keep the package import light
-
+    check_store_spec(spec)
     if spec == "memory":
         return MemoryStore()
     if spec == "sqlite":
         return SQLiteStore()
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.removeprefix("sqlite:"))
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        store: PolicyStore = import_module(".redis", __name__).RedisStore(spec)
-        return store
-    raise MTASTSError(f"unknown store {spec!r}: memory, sqlite, sqlite:PATH or redis://HOST:PORT/DB")
+    store: PolicyStore = import_module(".redis", __name__).RedisStore(spec)
+    return store

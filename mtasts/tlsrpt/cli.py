@@ -13,7 +13,7 @@ __all__ = ["register_cli"]
 
 
 def register_cli(commands: Any) -> None:
-    from ..cli import add_world_options  # noqa: PLC0415 - cli imports this module
+    from ..cli import add_world_options, port_number  # noqa: PLC0415 - cli imports this module
 
     parser = commands.add_parser("tlsrpt", help="TLS-RPT (RFC 8460) reports: show them, send them")
     actions = parser.add_subparsers(dest="tlsrpt_command", required=True)
@@ -36,7 +36,7 @@ def register_cli(commands: Any) -> None:
             action.add_argument("--json", action="store_true", help="the report objects only, as a JSON list")
         else:
             add_world_options(action)
-            action.add_argument("--smtp-port", type=int, default=25, help=argparse.SUPPRESS)  # for test worlds
+            action.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
         action.set_defaults(handler=_show if name == "show" else _send)
 
 

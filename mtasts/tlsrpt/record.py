@@ -29,9 +29,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import MTASTSError
-from ..txt import select_one, split_record
+from ..txt import explain_one, select_one, split_record
 
-__all__ = ["TlsRptRecord", "TlsRptRecordError", "parse_tlsrpt_record", "select_tlsrpt_record"]
+__all__ = [
+    "TlsRptRecord",
+    "TlsRptRecordError",
+    "explain_tlsrpt_records",
+    "is_tlsrpt_record",
+    "parse_tlsrpt_record",
+    "select_tlsrpt_record",
+]
 
 _WSP = r"[ \t]"
 # RFC 3986 URI characters (unreserved, reserved, "%" of pct-encoded), less the three RFC 8460 says MUST be encoded.
@@ -95,11 +102,19 @@ def parse_tlsrpt_record(text: str | bytes) -> TlsRptRecord:
     return TlsRptRecord(supported, ignored, MappingProxyType(extensions))
 
 
+def is_tlsrpt_record(record: str | bytes) -> bool:
+    """Does this TXT record claim to be a TLS-RPT record (begin with ``v=TLSRPTv1`` ``*WSP`` ``;``)?"""
+    text = record.decode("ascii", "replace") if isinstance(record, bytes | bytearray | memoryview) else record
+    return isinstance(text, str) and _PREFIX.match(text) is not None
+
+
 def select_tlsrpt_record(records: Iterable[str | bytes]) -> TlsRptRecord | None:
     """RFC 8460 §3's multiple-record rule: the one valid ``v=TLSRPTv1;`` record, else None."""
+    return select_one(records, is_tlsrpt_record, parse_tlsrpt_record)
 
-    def is_candidate(record: str | bytes) -> bool:
-        text = record.decode("ascii", "replace") if isinstance(record, bytes | bytearray | memoryview) else record
-        return isinstance(text, str) and _PREFIX.match(text) is not None
 
-    return select_one(records, is_candidate, parse_tlsrpt_record)
+def explain_tlsrpt_records(records: Iterable[str | bytes]) -> tuple[TlsRptRecord | None, str | None]:
+    """:func:`select_tlsrpt_record` and, when it gives None, why."""
+    return explain_one(
+        records, is_tlsrpt_record, parse_tlsrpt_record, kind="TLS-RPT", prefix="v=TLSRPTv1;", section="RFC 8460 §3"
+    )
