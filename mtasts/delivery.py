@@ -46,7 +46,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import dns as mtasts_dns
 from .domain import is_address_literal, normalize_domain
-from .errors import DomainError, MTASTSError, PolicyFetchError
+from .errors import DomainError, HostLookupError, MTASTSError, UsageError
 from .policy import Mode, Policy
 from .resolver import LookupStatus, PolicyLookup, PolicyResolver
 from .results import ResultType
@@ -267,7 +267,7 @@ async def _try_mx(job: _Job, mx: str, policy: Policy | None, outcome: _Outcome) 
         )
     try:
         ips = tuple(await mtasts_dns.resolve_addresses(job.resolver.dns_resolver, mx))
-    except PolicyFetchError as exc:
+    except HostLookupError as exc:
         return replace(base, error=exc.message)
     base = replace(base, ips=ips)
     last = base
@@ -431,7 +431,7 @@ async def probe_starttls(
     context = ensure_strict(tls_context) if tls_context is not None else create_client_context()
     try:
         ips = await mtasts_dns.resolve_addresses(resolver, mx)
-    except PolicyFetchError as exc:
+    except HostLookupError as exc:
         return StartTLSProbe(mx, None, None, f"cannot resolve: {exc.message}")
     last_error = "no address"
     for ip in ips:
@@ -490,26 +490,26 @@ def _sender(message: email.message.Message | bytes, sender: str | None) -> str:
             _, address = email.utils.parseaddr(str(header))
             if address:
                 return address
-    raise MTASTSError("deliver() needs a sender: pass sender=, or a message with a From header")
+    raise UsageError("deliver() needs a sender: pass sender=, or a message with a From header")
 
 
 def _policy_domain(recipients: Sequence[str], next_hop: str | None) -> str:
     """The Policy Domain: the smart host's domain if there is one (§3.4), else the recipients' one domain."""
     if isinstance(recipients, str) or not recipients:
-        raise MTASTSError("recipients must be a non-empty sequence of addresses")
+        raise UsageError("recipients must be a non-empty sequence of addresses")
     domains: set[str] = set()
     for recipient in recipients:
         local, at, domain = recipient.rpartition("@")
         if not at or not local:
-            raise MTASTSError(f"not an address: {recipient!r}")
+            raise UsageError(f"not an address: {recipient!r}")
         if is_address_literal(domain):
-            raise MTASTSError(f"address literals have no MTA-STS policy (RFC 8461 §3.4): {recipient!r}")
+            raise UsageError(f"address literals have no MTA-STS policy (RFC 8461 §3.4): {recipient!r}")
         try:
             domains.add(normalize_domain(domain))
         except DomainError as exc:
-            raise MTASTSError(f"{recipient!r}: {exc.message}") from None
+            raise UsageError(f"{recipient!r}: {exc.message}") from None
     if len(domains) != 1:
-        raise MTASTSError(f"deliver() sends to one domain at a time, not {sorted(domains)}")
+        raise UsageError(f"deliver() sends to one domain at a time, not {sorted(domains)}")
     if next_hop is not None:
         return normalize_domain(next_hop)
     return domains.pop()

@@ -1,7 +1,7 @@
 """DNS for MTA-STS through dnspython: the ``_mta-sts`` TXT discovery (RFC 8461 §3.1) and host addresses.
 
 This module is a boundary: every dnspython exception is translated here, into a :class:`TxtAnswer` status
-(discovery never raises) or a :class:`~mtasts.errors.PolicyFetchError` (policy host addresses). A query that
+(discovery never raises) or a :class:`~mtasts.errors.HostLookupError` (host addresses). A query that
 could not be made because of this machine — no free descriptor or buffer (EMFILE, ENFILE, ENOBUFS), the query
 queue full past its wait — is told apart from a failure of the domain: :attr:`TxtStatus.LOCAL_ERROR`, or
 :class:`~mtasts.errors.LocalError`. It says nothing about the domain and must never become "no policy".
@@ -25,11 +25,12 @@ import dns.resolver
 
 from ._exceptions import local_os_error
 from ._gate import Gate
-from .errors import LocalError, MTASTSError, PolicyFetchError
+from .errors import HostLookupError, LocalError, MXPermanentFailure, MXTransientFailure
 
 __all__ = [
     "DnsResolver",
     "GatedResolver",
+    "HostLookupError",
     "MXPermanentFailure",
     "MXTransientFailure",
     "TxtAnswer",
@@ -169,7 +170,7 @@ async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
 
 
 async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
-    """The IPv4 addresses of ``host``, else its IPv6 addresses; raise :class:`PolicyFetchError` if none.
+    """The IPv4 addresses of ``host``, else its IPv6 addresses; raise :class:`HostLookupError` if none.
 
     A first, AAAA only when there is no A: one address query per policy host in the common case.
     """
@@ -179,7 +180,7 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
         try:
             answer = await resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
-            raise PolicyFetchError(f"{host}: no such host (NXDOMAIN)") from None
+            raise HostLookupError(f"{host}: no such host (NXDOMAIN)") from None
         except _DNS_FAILURES as exc:
             local = local_os_error(exc)
             if local is not None:
@@ -189,15 +190,7 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
         if answer.rrset is not None:
             return [rdata.address for rdata in answer.rrset]
     detail = "; ".join(problems) if problems else "no A or AAAA record"
-    raise PolicyFetchError(f"{host}: cannot resolve ({detail})")
-
-
-class MXPermanentFailure(MTASTSError):
-    """No delivery is possible for this domain (null MX, NXDOMAIN, no address)."""
-
-
-class MXTransientFailure(MTASTSError):
-    """The MX list cannot be had now (DNS failure)."""
+    raise HostLookupError(f"{host}: cannot resolve ({detail})")
 
 
 async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Random | None = None) -> list[str]:
@@ -223,7 +216,7 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
             await resolve_addresses(resolver, domain)
         except LocalError as exc:
             raise MXTransientFailure(f"{domain}: address lookup failed here ({exc.message})") from None
-        except PolicyFetchError as exc:
+        except HostLookupError as exc:
             raise MXPermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
         return [domain]
     records = [(rdata.preference, rdata.exchange) for rdata in answer.rrset]

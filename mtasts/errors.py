@@ -16,12 +16,17 @@ from .results import ResultType
 
 __all__ = [
     "DomainError",
+    "HostLookupError",
     "LocalError",
     "LookupDeferredError",
     "MTASTSError",
+    "MXPermanentFailure",
+    "MXTransientFailure",
+    "NetstringError",
     "PolicyError",
     "PolicyFetchError",
     "PolicyWebPKIError",
+    "TlsRptRecordError",
     "TxtRecordError",
     "UsageError",
 ]
@@ -106,3 +111,35 @@ class LookupDeferredError(MTASTSError):
         super().__init__(message)
         self.domain = domain
         self.status = status
+
+
+class TlsRptRecordError(MTASTSError):
+    """The ``_smtp._tls`` TXT record is invalid (RFC 8460 §3)."""
+
+
+class NetstringError(MTASTSError):
+    """The byte stream is not a sequence of netstrings (or one is longer than allowed).
+
+    ``payloads`` holds the payloads that the failing :meth:`~mtasts.netstring.NetstringDecoder.feed` call decoded
+    *before* the error, in order: a server can still answer them before closing the connection.
+    """
+
+    def __init__(self, message: str, payloads: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.payloads: list[bytes] = payloads if payloads is not None else []
+
+
+class HostLookupError(MTASTSError):
+    """A host name's addresses could not be found (NXDOMAIN, no A or AAAA record, a DNS failure).
+
+    For a policy host the fetch reports it as :class:`PolicyFetchError` (``sts-policy-fetch-error``); for an MX
+    host it is a reason to try the next MX.
+    """
+
+
+class MXPermanentFailure(MTASTSError):
+    """No delivery is possible for this domain (null MX, NXDOMAIN, no address)."""
+
+
+class MXTransientFailure(MTASTSError):
+    """The MX list cannot be had now (DNS failure)."""

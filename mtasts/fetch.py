@@ -32,7 +32,7 @@ import aiohttp.abc
 from . import dns as mtasts_dns
 from ._exceptions import exception_chain, local_os_error
 from ._gate import Gate
-from .errors import LocalError, MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
+from .errors import HostLookupError, LocalError, MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
 from .policy import Policy, parse_policy
 
 __all__ = ["FetchReport", "PolicyFetcher", "policy_url"]
@@ -67,7 +67,10 @@ class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
-        addresses = await mtasts_dns.resolve_addresses(self._resolver, host)
+        try:
+            addresses = await mtasts_dns.resolve_addresses(self._resolver, host)
+        except HostLookupError as exc:  # the policy host: a fetch failure (decisions table)
+            raise PolicyFetchError(exc.message) from None
         return [
             {
                 "hostname": host,

@@ -13,24 +13,12 @@ server (:mod:`mtasts.socketmap`) and the tests drive it the same way.
 
 from __future__ import annotations
 
-from .errors import MTASTSError
+from .errors import NetstringError, UsageError
 
 __all__ = ["NetstringDecoder", "NetstringError", "encode"]
 
 _COLON = 0x3A
 _COMMA = 0x2C
-
-
-class NetstringError(MTASTSError):
-    """The byte stream is not a sequence of netstrings (or one is longer than allowed).
-
-    ``payloads`` holds the payloads that the failing :meth:`NetstringDecoder.feed` call decoded *before* the
-    error, in order: a server can still answer them before closing the connection.
-    """
-
-    def __init__(self, message: str, payloads: list[bytes] | None = None) -> None:
-        super().__init__(message)
-        self.payloads: list[bytes] = payloads if payloads is not None else []
 
 
 def encode(payload: bytes) -> bytes:
@@ -52,7 +40,7 @@ class NetstringDecoder:
 
     def __init__(self, max_length: int) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
-            raise MTASTSError(f"max_length must be an integer >= 0, not {max_length!r}")
+            raise UsageError(f"max_length must be an integer >= 0, not {max_length!r}")
         self._max_length = max_length
         self._width = len(str(max_length))  # the most digits a valid length can have
         self._digits = b""  # the digits of a length split across feeds (at most _width bytes)

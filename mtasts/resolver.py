@@ -50,7 +50,7 @@ from ._checks import check_count, check_seconds
 from .cache import CacheEntry, ExpiringCache, PolicyCache
 from .clock import SteadyClock
 from .domain import is_address_literal, normalize_domain
-from .errors import LocalError, LookupDeferredError, MTASTSError
+from .errors import LocalError, LookupDeferredError, MTASTSError, UsageError
 from .fetch import PolicyFetcher
 from .policy import Mode, Policy, parse_policy
 from .stores._base import PolicyStore, StoredPolicy
@@ -209,7 +209,7 @@ class PolicyResolver:
         ]:
             check_seconds(name, value)
         if dns_error not in DNS_ERROR_MODES:
-            raise MTASTSError(f"dns_error must be one of {', '.join(map(repr, DNS_ERROR_MODES))}, not {dns_error!r}")
+            raise UsageError(f"dns_error must be one of {', '.join(map(repr, DNS_ERROR_MODES))}, not {dns_error!r}")
         for name, count in [
             ("max_policy_size", max_policy_size),
             ("cache_size", cache_size),
@@ -461,12 +461,12 @@ class PolicyResolver:
         """
         key = self._key(domain)
         if key is None:
-            raise MTASTSError(f"address literals have no MTA-STS policy: {domain!r}")
+            raise UsageError(f"address literals have no MTA-STS policy: {domain!r}")
         if not isinstance(policy, Policy):
-            raise MTASTSError(f"expected a Policy, not {type(policy).__name__}")
+            raise UsageError(f"expected a Policy, not {type(policy).__name__}")
         record = select_txt_record([f"v=STSv1; id={policy_id};"]) if isinstance(policy_id, str) else None
         if record is None:
-            raise MTASTSError(f"invalid policy id {policy_id!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
+            raise UsageError(f"invalid policy id {policy_id!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
         when = self._now() if fetched_at is None else self._steady.from_wall(fetched_at)
         if policy.max_age > 0:
             self._store_in_cache(key, policy, record.id, when)

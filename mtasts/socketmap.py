@@ -45,7 +45,7 @@ from typing import Any, Final
 from ._checks import check_count, check_seconds
 from .cli import add_world_options, positive_count, world_from_args
 from .domain import is_address_literal, normalize_domain
-from .errors import DomainError, MTASTSError
+from .errors import DomainError, MTASTSError, UsageError
 from .netstring import NetstringDecoder, NetstringError, encode
 from .policy import Mode, Policy
 from .resolver import DNS_ERROR_MODES, NOT_CACHED, LookupStatus, PolicyResolver
@@ -197,7 +197,7 @@ class SocketmapServer:
         ]:
             check_seconds(name, seconds, positive=True)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
-            raise MTASTSError(f"port must be 0 to 65535, not {port!r}")
+            raise UsageError(f"port must be 0 to 65535, not {port!r}")
         self.resolver = resolver
         self.host = host
         self._port = port
@@ -266,7 +266,7 @@ class SocketmapServer:
     def port(self) -> int:
         """The bound TCP port (useful with ``port=0``)."""
         if self._server is None or not self._server.sockets or self.unix_path is not None:
-            raise MTASTSError("the server is not listening on TCP")
+            raise UsageError("the server is not listening on TCP")
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
@@ -717,7 +717,7 @@ class ServerConfig:
             if value is None and name in _OPTIONAL:
                 continue
             if not _is_type(value, expected):
-                raise MTASTSError(f"{name} must be {_TYPE_NAMES[expected]}, not {value!r}")
+                raise UsageError(f"{name} must be {_TYPE_NAMES[expected]}, not {value!r}")
         for name in ("cache_size", "max_request", "max_pipeline", "max_concurrent_dns", "max_concurrent_fetches"):
             check_count(name, getattr(self, name))
         if self.max_connections is not None:
@@ -727,17 +727,17 @@ class ServerConfig:
         for name in ("shutdown_grace", "refresh_period", "queue_timeout"):
             check_seconds(name, getattr(self, name))
         if self.dns_error not in DNS_ERROR_MODES:
-            raise MTASTSError(
+            raise UsageError(
                 f"dns_error must be one of {', '.join(map(repr, DNS_ERROR_MODES))}, not {self.dns_error!r}"
             )
         if not 0 <= self.port < 65536:
-            raise MTASTSError(f"port must be 0 to 65535, not {self.port}")
+            raise UsageError(f"port must be 0 to 65535, not {self.port}")
         if not 0 < self.policy_port < 65536:
-            raise MTASTSError(f"policy_port must be 1 to 65535, not {self.policy_port}")
+            raise UsageError(f"policy_port must be 1 to 65535, not {self.policy_port}")
         if self.unix_mode is not None and not 0 <= self.unix_mode <= 0o7777:
-            raise MTASTSError(f"unix_mode must be a permission mode such as 0o660, not {self.unix_mode!r}")
+            raise UsageError(f"unix_mode must be a permission mode such as 0o660, not {self.unix_mode!r}")
         if self.log_level.lower() not in _LOG_LEVELS:
-            raise MTASTSError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
+            raise UsageError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
         from .stores import check_store_spec  # noqa: PLC0415 - the stores load sqlite3 only when serving
 
         check_store_spec(self.store)
@@ -796,18 +796,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, closed, rest = text[1:].partition("]")
         if not closed or (rest and not rest.startswith(":")):
-            raise MTASTSError(f"bad listen address {text!r}: use HOST:PORT or [IPv6]:PORT")
+            raise UsageError(f"bad listen address {text!r}: use HOST:PORT or [IPv6]:PORT")
         port_text = rest[1:]
     elif ":" in text:
         if text.count(":") > 1:
-            raise MTASTSError(f"bad listen address {text!r}: write IPv6 addresses as [::1]:8461")
+            raise UsageError(f"bad listen address {text!r}: write IPv6 addresses as [::1]:8461")
         host, _, port_text = text.partition(":")
     if not host:
-        raise MTASTSError(f"bad listen address {text!r}: no host")
+        raise UsageError(f"bad listen address {text!r}: no host")
     if not port_text:
         return host, 8461
     if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise MTASTSError(f"bad port in listen address {text!r}")
+        raise UsageError(f"bad port in listen address {text!r}")
     return host, int(port_text)
 
 
@@ -817,12 +817,12 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         with open(path, "rb") as file:
             data = tomllib.load(file)
     except OSError as exc:
-        raise MTASTSError(f"cannot read the configuration {os.fspath(path)}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read the configuration {os.fspath(path)}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise MTASTSError(f"{os.fspath(path)} is not valid TOML: {exc}") from None
+        raise UsageError(f"{os.fspath(path)} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - TOML_KEYS)
     if unknown:
-        raise MTASTSError(
+        raise UsageError(
             f"unknown key{'s' if len(unknown) > 1 else ''} in {os.fspath(path)}: {', '.join(unknown)} "
             f"(known: {', '.join(sorted(TOML_KEYS))})"
         )
@@ -830,12 +830,12 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     for key, value in data.items():
         if key == "listen":
             if not isinstance(value, str):
-                raise MTASTSError(f'listen must be a string such as "127.0.0.1:8461", not {value!r}')
+                raise UsageError(f'listen must be a string such as "127.0.0.1:8461", not {value!r}')
             fields["host"], fields["port"] = parse_listen(value)
         else:
             fields[_TOML_ALIASES.get(key) or key] = value
     if "listen" in data and "unix" in data:
-        raise MTASTSError(f"{os.fspath(path)}: set either listen or unix, not both")
+        raise UsageError(f"{os.fspath(path)}: set either listen or unix, not both")
     return ServerConfig(**fields)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 
-from .errors import MTASTSError
+from .errors import UsageError
 from .tls_errors import classify_tls_error, failure_reason_code
 
 __all__ = [
@@ -42,9 +42,9 @@ def ensure_strict(context: ssl.SSLContext) -> ssl.SSLContext:
     let anyone on the path rewrite the policy.
     """
     if not isinstance(context, ssl.SSLContext):
-        raise MTASTSError(f"expected an ssl.SSLContext, not {type(context).__name__}")
+        raise UsageError(f"expected an ssl.SSLContext, not {type(context).__name__}")
     if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
-        raise MTASTSError("the SSL context must verify certificates and host names (CERT_REQUIRED, check_hostname)")
+        raise UsageError("the SSL context must verify certificates and host names (CERT_REQUIRED, check_hostname)")
     context.hostname_checks_common_name = False
     context.minimum_version = max(context.minimum_version, ssl.TLSVersion.TLSv1_2)
     return context

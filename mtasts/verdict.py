@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from .errors import MTASTSError
+from .errors import UsageError
 from .policy import Mode, Policy
 from .results import MX_NOT_IN_STS_POLICY, SESSION_FAILURES, ResultType
 
@@ -68,7 +68,7 @@ def evaluate(policy: Policy | None, mx_host: str, *, tls_failure: str | None = N
                 memo[mx_host] = verdict
             return verdict
     if tls_failure not in SESSION_FAILURES:
-        raise MTASTSError(f"tls_failure must be None or an RFC 8460 session result type, not {tls_failure!r}")
+        raise UsageError(f"tls_failure must be None or an RFC 8460 session result type, not {tls_failure!r}")
     if policy is None:
         return _NO_POLICY
     return _evaluate(policy, mx_host, tls_failure)

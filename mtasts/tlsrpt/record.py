@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..errors import MTASTSError
+from ..errors import TlsRptRecordError
 from ..txt import explain_one, select_one, split_record
 
 __all__ = [
@@ -53,10 +53,6 @@ _RUA_VALUE = re.compile(_WSP + r"*," + _WSP + r"*")
 _RUA_FIELD = re.compile(_RUA)
 _PREFIX = re.compile(r"v=TLSRPTv1" + _WSP + r"*;")
 _SUPPORTED = ("mailto:", "https:")
-
-
-class TlsRptRecordError(MTASTSError):
-    """The ``_smtp._tls`` TXT record is invalid (RFC 8460 §3)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..domain import normalize_domain
-from ..errors import MTASTSError
+from ..errors import UsageError
 from ..policy import Mode, Policy
 from .report import DETAIL_FIELDS, Report, build_report
 
@@ -115,7 +115,7 @@ class TLSReporter:
     ) -> None:
         local, at, domain = contact_info.rpartition("@")
         if not at or not local:
-            raise MTASTSError(f"contact_info must be an email address (RFC 8460 §4.4), not {contact_info!r}")
+            raise UsageError(f"contact_info must be an email address (RFC 8460 §4.4), not {contact_info!r}")
         self.organization_name = organization_name
         self.contact_info = contact_info
         self.submitter_domain = normalize_domain(domain)

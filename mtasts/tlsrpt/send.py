@@ -63,7 +63,7 @@ import dns.exception
 from .. import dns as mtasts_dns
 from .._checks import check_seconds
 from ..domain import normalize_domain
-from ..errors import DomainError, MTASTSError
+from ..errors import DomainError, MTASTSError, UsageError
 from ..fetch import _DnsPythonResolver
 from ..resolver import PolicyResolver
 from ..tls import create_opportunistic_context
@@ -219,7 +219,7 @@ class RetryPolicy:
         for name in ("first_delay", "factor", "max_delay", "give_up_after"):
             check_seconds(f"RetryPolicy.{name}", getattr(self, name))
         if self.first_delay <= 0 or self.factor < 1 or self.max_delay < self.first_delay:
-            raise MTASTSError("RetryPolicy needs first_delay > 0, factor >= 1 and max_delay >= first_delay")
+            raise UsageError("RetryPolicy needs first_delay > 0, factor >= 1 and max_delay >= first_delay")
 
     def delay(self, attempts: int) -> float:
         """The wait after the ``attempts``-th failed attempt (1 for the first)."""
@@ -432,9 +432,9 @@ class ReportSender:
                 contact_domain = None
         submitter = self._submitter or contact_domain
         if submitter is None:
-            raise MTASTSError(f"no submitter domain: pass submitter_domain, or a contact-info address ({contact!r})")
+            raise UsageError(f"no submitter domain: pass submitter_domain, or a contact-info address ({contact!r})")
         if contact_domain != submitter:
-            raise MTASTSError(
+            raise UsageError(
                 f"TLS-Report-Submitter {submitter} does not match the domain of contact-info {contact!r} "
                 "(RFC 8460 §5.3 MUST)"
             )
