@@ -14,16 +14,21 @@ Address literals (RFC 5321 §4.1.3, ``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) hav
 from __future__ import annotations
 
 import ipaddress
-import re
 
 import idna
 
 from . import _abnf
 from .errors import DomainError
 
-__all__ = ["is_address_literal", "normalize_domain"]
+__all__ = ["is_address_literal", "is_label", "normalize_domain"]
 
-_ldh_label = re.compile(_abnf.SUB_DOMAIN)
+
+def is_label(label: str) -> bool:
+    """Is ``label`` one valid LDH label (RFC 5321 §4.1.2 sub-domain, at most 63 characters)? The one rule."""
+    if len(label) > _abnf.MAX_LABEL_LENGTH:
+        return False
+    # Fast path: letters and digits only (callers pass ASCII, so isalnum() is exactly [A-Za-z0-9]).
+    return label.isalnum() or _abnf.ldh_label.fullmatch(label) is not None
 
 
 def normalize_domain(name: str) -> str:
@@ -59,7 +64,7 @@ def _check_host_name(ascii_name: str, original: str) -> None:
     for label in ascii_name.split("."):
         if len(label) > _abnf.MAX_LABEL_LENGTH:
             raise DomainError(f"label longer than {_abnf.MAX_LABEL_LENGTH} characters in {_shown(original)}")
-        if _ldh_label.fullmatch(label) is None:
+        if not is_label(label):
             raise DomainError(f"not a valid host name (RFC 5321 §4.1.2): {_shown(original)}")
 
 

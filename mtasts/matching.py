@@ -13,15 +13,10 @@ A host that is not a valid name matches nothing.
 
 from __future__ import annotations
 
-import re
-
-from . import _abnf
-from .domain import normalize_domain
+from .domain import is_label, normalize_domain
 from .errors import DomainError
 
 __all__ = ["host_key", "is_label", "match_key", "mx_matches"]
-
-_ldh_label = re.compile(_abnf.SUB_DOMAIN)
 
 
 def host_key(host: str) -> str:
@@ -34,14 +29,6 @@ def host_key(host: str) -> str:
         key = host.lower()
         return key[:-1] if key.endswith(".") else key
     return normalize_domain(host)
-
-
-def is_label(label: str) -> bool:
-    """Is ``label`` one valid LDH label (RFC 5321 sub-domain, at most 63 characters)?"""
-    if len(label) > _abnf.MAX_LABEL_LENGTH:
-        return False
-    # Fast path: letters and digits only (callers pass ASCII, so isalnum() is exactly [A-Za-z0-9]).
-    return label.isalnum() or _ldh_label.fullmatch(label) is not None
 
 
 def match_key(exact: frozenset[str], wildcard_suffixes: frozenset[str], key: str) -> bool:

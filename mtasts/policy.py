@@ -61,17 +61,63 @@ def normalize_mx_pattern(value: str) -> str:
     return pattern.lower()
 
 
-def _check_extension(name: str, value: str) -> None:
+# -- the field rules: one definition each, shared by parse_policy (text) and Policy(...) (values) -------------
+
+
+def _version(value: object) -> str:
+    """§3.2 ``sts-policy-version``: exactly "STSv1"."""
+    if value != _VERSION:
+        shown = value[:40] if isinstance(value, str) else value
+        raise PolicyError(f"unsupported version {shown!r}: only {_VERSION!r} (RFC 8461 §3.2)")
+    return _VERSION
+
+
+def _mode(value: object) -> Mode:
+    """§3.2 ``sts-policy-mode``: enforce, testing or none (case-sensitive)."""
+    if value not in ("enforce", "testing", "none"):
+        shown = value[:40] if isinstance(value, str) else value
+        raise PolicyError(f"invalid mode {shown!r}: enforce, testing or none (RFC 8461 §3.2)")
+    return Mode(value)
+
+
+def _max_age(value: object) -> int:
+    """§3.2 ``sts-policy-max-age``: a non-negative number of seconds, clamped to :data:`MAX_MAX_AGE` (C6)."""
+    if isinstance(value, str):
+        if _abnf.sts_policy_max_age_value.fullmatch(value) is None:
+            raise PolicyError(f"invalid max_age {value[:40]!r}: 1 to 10 digits (RFC 8461 §3.2)")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PolicyError(f"max_age must be a non-negative integer, not {value!r}")
+    return min(value, MAX_MAX_AGE)
+
+
+def _extension_value(name: str, value: object) -> str:
+    """§3.2 ``sts-policy-ext-value`` (also what a later duplicate of a known field must be)."""
+    if not isinstance(value, str) or _abnf.sts_policy_ext_value.fullmatch(value) is None:
+        shown = value[:80] if isinstance(value, str) else value
+        raise PolicyError(f"invalid value for {name!r}: {shown!r} (RFC 8461 §3.2 sts-policy-ext-value)")
+    return value
+
+
+def _check_extension(name: str, value: object) -> None:
     if not isinstance(name, str) or _abnf.sts_policy_ext_name.fullmatch(name) is None:
         raise PolicyError(f"invalid extension name {name!r} (RFC 8461 §3.2 sts-policy-ext-name)")
     if name in _KNOWN_KEYS:
         raise PolicyError(f"{name!r} is a policy field, not an extension")
-    if not isinstance(value, str) or _abnf.sts_policy_ext_value.fullmatch(value) is None:
-        raise PolicyError(f"invalid value for {name!r}: {value[:80]!r} (RFC 8461 §3.2 sts-policy-ext-value)")
+    _extension_value(name, value)
+
+
+def _needs_mx(mode: Mode, mx: tuple[str, ...]) -> None:
+    """§3.2: ``mx`` is required unless ``mode: none``."""
+    if not mx and mode is not Mode.NONE:
+        raise PolicyError(f"mode {mode.value} needs at least one mx field (RFC 8461 §3.2)")
 
 
 class Policy:
     """An MTA-STS policy (RFC 8461 §3.2): immutable, hashable, compact.
+
+    Its fields cannot be set or deleted; the one mutable slot, :attr:`verdict_memo`, only caches verdicts
+    derived from them (a pure function of an immutable value: like :func:`functools.cached_property`).
 
     ``Policy(mode, mx, max_age)`` validates its arguments like :func:`parse_policy` does (raising
     :class:`PolicyError`), so a policy built by hand is one a receiver may publish: see :meth:`to_text`.
@@ -81,12 +127,12 @@ class Policy:
         "__weakref__",
         "_exact",
         "_hash",
-        "_verdicts",
         "_wildcards",
         "extensions",
         "max_age",
         "mode",
         "mx",
+        "verdict_memo",
         "version",
     )
 
@@ -98,8 +144,9 @@ class Policy:
     _exact: frozenset[str]
     _wildcards: frozenset[str]
     _hash: int
-    # evaluate()'s memo: MX host -> Verdict for a validated session (bounded; a policy's MX hosts are few)
-    _verdicts: dict[str, object]
+    #: :func:`mtasts.evaluate`'s memo, owned by it: MX host -> its Verdict for a validated session (bounded: a
+    #: policy's MX hosts are few). Derived from the immutable fields — never part of equality, hash or pickling.
+    verdict_memo: dict[str, object]
 
     def __init__(
         self,
@@ -109,23 +156,18 @@ class Policy:
         extensions: Mapping[str, str] | None = None,
         version: str = _VERSION,
     ) -> None:
-        if version != _VERSION:
-            raise PolicyError(f"unsupported version {version!r}: only {_VERSION!r} (RFC 8461 §3.2)")
-        try:
-            mode = Mode(mode)
-        except ValueError:
-            raise PolicyError(f"invalid mode {mode!r}: enforce, testing or none (RFC 8461 §3.2)") from None
+        _version(version)
+        checked_mode = _mode(mode)
         if isinstance(mx, str):
             raise PolicyError("mx must be a sequence of patterns, not a single str")
         patterns = tuple(normalize_mx_pattern(pattern) for pattern in mx)
-        if not patterns and mode is not Mode.NONE:
-            raise PolicyError(f"mode {mode} needs at least one mx pattern (RFC 8461 §3.2)")
-        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
+        _needs_mx(checked_mode, patterns)
+        if isinstance(max_age, str):  # a value, not its text: Policy(..., max_age="60") is a caller's slip
             raise PolicyError(f"max_age must be a non-negative integer, not {max_age!r}")
         ext = dict(extensions or {})
         for name, value in ext.items():
             _check_extension(name, value)
-        self._init(_VERSION, mode, patterns, min(max_age, MAX_MAX_AGE), ext)
+        self._init(_VERSION, checked_mode, patterns, _max_age(max_age), ext)
 
     def _init(self, version: str, mode: Mode, mx: tuple[str, ...], max_age: int, ext: dict[str, str]) -> None:
         extensions = MappingProxyType(ext) if ext else _NO_EXTENSIONS
@@ -138,7 +180,7 @@ class Policy:
         setattr_(self, "_exact", frozenset(p for p in mx if not p.startswith("*.")))
         setattr_(self, "_wildcards", frozenset(p[2:] for p in mx if p.startswith("*.")))
         setattr_(self, "_hash", hash((mode, mx, max_age, frozenset(extensions.items()))))
-        setattr_(self, "_verdicts", {})
+        setattr_(self, "verdict_memo", {})
 
     @classmethod
     def _from_valid(cls, mode: Mode, mx: tuple[str, ...], max_age: int, extensions: dict[str, str]) -> Policy:
@@ -266,36 +308,28 @@ def parse_policy(body: str | bytes) -> Policy:
             raise PolicyError(f"not a 'key: value' field: {line[:80]!r}", line=number)
         name = start.group(1)
         value = line[start.end() :].rstrip(" \t")
-        if name == "mx":  # the one repeated field: every line counts, every line must be valid
-            try:
+        try:
+            if name == "mx":  # the one repeated field: every line counts, every line must be valid
                 mx.append(normalize_mx_pattern(value))
-            except PolicyError as exc:
-                raise PolicyError(exc.message, line=number) from None
-        elif name == "version" and version is None:
-            if value != _VERSION:
-                raise PolicyError(f"unsupported version {value[:40]!r}: only {_VERSION!r}", line=number)
-            version = value
-        elif name == "mode" and mode is None:
-            if value not in ("enforce", "testing", "none"):
-                raise PolicyError(f"invalid mode {value[:40]!r}: enforce, testing or none", line=number)
-            mode = Mode(value)
-        elif name == "max_age" and max_age is None:
-            if _abnf.sts_policy_max_age_value.fullmatch(value) is None:
-                raise PolicyError(f"invalid max_age {value[:40]!r}: 1 to 10 digits", line=number)
-            max_age = min(int(value), MAX_MAX_AGE)
-        else:
-            # An extension, or a later duplicate of a known field (ignored, §3.2): either way the line must be
-            # a syntactically valid field.
-            if _abnf.sts_policy_ext_value.fullmatch(value) is None:
-                raise PolicyError(f"invalid value for {name!r}: {value[:80]!r}", line=number)
-            if name not in _KNOWN_KEYS:
-                extensions.setdefault(name, value)
+            elif name == "version" and version is None:
+                version = _version(value)
+            elif name == "mode" and mode is None:
+                mode = _mode(value)
+            elif name == "max_age" and max_age is None:
+                max_age = _max_age(value)
+            else:
+                # An extension, or a later duplicate of a known field (ignored, §3.2): either way the line must be
+                # a syntactically valid field.
+                _extension_value(name, value)
+                if name not in _KNOWN_KEYS:
+                    extensions.setdefault(name, value)
+        except PolicyError as exc:
+            raise PolicyError(exc.message, line=number) from None
     if version is None:
         raise PolicyError("the policy has no version field (RFC 8461 §3.2)")
     if mode is None:
         raise PolicyError("the policy has no mode field (RFC 8461 §3.2)")
     if max_age is None:
         raise PolicyError("the policy has no max_age field (RFC 8461 §3.2)")
-    if not mx and mode is not Mode.NONE:
-        raise PolicyError(f"mode {mode.value} needs at least one mx field (RFC 8461 §3.2)")
+    _needs_mx(mode, tuple(mx))
     return Policy._from_valid(mode, tuple(mx), max_age, extensions)

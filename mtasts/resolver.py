@@ -47,8 +47,23 @@ import dns.exception
 
 from . import dns as mtasts_dns
 from ._checks import check_count, check_seconds
-from .cache import CacheEntry, ExpiringCache, PolicyCache
+from .cache import CacheEntry, ExpiringCache, PolicyCache, hot_readers
 from .clock import SteadyClock
+from .decision import (
+    Decision,
+    FetchOutcome,
+    Limits,
+    LookupStatus,
+    MemoryState,
+    Next,
+    TxtOutcome,
+    after_fetch,
+    after_txt,
+    backed_off,
+    caches,
+    memory_state,
+    refresh_after,
+)
 from .domain import is_address_literal, normalize_domain
 from .errors import LocalError, LookupDeferredError, MTASTSError, UsageError
 from .fetch import PolicyFetcher
@@ -56,7 +71,7 @@ from .policy import Mode, Policy, parse_policy
 from .stores._base import PolicyStore, StoredPolicy
 from .stores._link import StoreLink, StoreUnavailable
 from .tls import create_client_context, ensure_strict
-from .txt import explain_txt_records, select_txt_record
+from .txt import explain_txt_records, is_policy_id, select_txt_record
 
 __all__ = [
     "NOT_CACHED",
@@ -68,21 +83,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mtasts.resolver")
-
-# PolicyCache packs "fresh until" (whole seconds) in bits 0-31 and the policy index in bits 64-95.
-_LOW32 = (1 << 32) - 1
-
-
-class LookupStatus(enum.StrEnum):
-    """How a lookup ended (``PolicyLookup.status``)."""
-
-    FETCHED = "fetched"  # the policy was fetched just now
-    CACHED = "cached"  # the cached policy applies (result_type says what failed, if a re-check failed)
-    NO_POLICY = "no-policy"  # no valid _mta-sts TXT record: the domain publishes no policy (§3.1)
-    DNS_ERROR = "dns-error"  # the TXT query failed (SERVFAIL, timeout) and nothing is cached: unknown
-    FETCH_ERROR = "fetch-error"  # valid TXT record, but no valid policy could be fetched; nothing cached
-    NOT_APPLICABLE = "not-applicable"  # an address literal: MTA-STS does not apply (§3.4)
-    LOCAL_ERROR = "local-error"  # failed for a reason on this side (descriptors, a full queue, the store...)
 
 
 #: How ``PolicyResolver(dns_error=...)`` treats a failed TXT query with nothing cached.
@@ -231,6 +231,7 @@ class PolicyResolver:
         self._steady = SteadyClock(clock, monotonic)  # every cache time, through a clock that cannot step back
         self._now = self._steady.now
         self.dns_error = dns_error
+        self._limits = Limits(negative_ttl, dns_error_ttl, failure_backoff, defer_dns_errors=dns_error == "defer")
         self._fetcher = PolicyFetcher(
             dns_resolver=self._dns,
             ssl_context=ensure_strict(ssl_context) if ssl_context is not None else create_client_context(),
@@ -242,10 +243,17 @@ class PolicyResolver:
             queue_timeout=queue_timeout,
         )
         self._cache = PolicyCache(cache_size)
-        self._cache_data = self._cache.data  # bound once for the hot path
-        self._cache_policies = self._cache.policies
+
         # domain -> PolicyLookup for NO_POLICY / DNS_ERROR answers (TTL chosen per item below)
         self._negative: ExpiringCache[PolicyLookup] = ExpiringCache(negative_cache_size)
+        # The hot paths: closures over the cache's structures (no attribute or method lookups per hit). The
+        # instance attributes shadow the documented methods of the same name, which only delegate to them.
+        self._hot_cached, self._hot_get = hot_readers(
+            self._cache, self._negative, self._steady, miss=self._cached_miss, not_cached=NOT_CACHED,
+            lookup=self._get_miss,
+        )  # fmt: skip
+        self.cached_policy = self._hot_cached  # type: ignore[method-assign,assignment]
+        self.get_policy = self._hot_get  # type: ignore[method-assign,assignment]
         # domain -> the last failed fetch (its id, result type, retry time): §3.3 back-off per version id
         self._failures: cachetools.TLRUCache[str, _Failure] = cachetools.TLRUCache(
             maxsize=negative_cache_size, ttu=_failure_expiry, timer=self._now
@@ -325,20 +333,14 @@ class PolicyResolver:
             policy = resolver.cached_policy(domain)
             if policy is NOT_CACHED:
                 policy = await resolver.get_policy(domain)
+
+        (Each instance answers through a closure of :func:`mtasts.cache.hot_readers`, which shadows this method.)
         """
-        steady = self._steady  # SteadyClock.now, inlined: the wall clock, unless it stepped back
-        now = steady.fast()
-        if now < steady.last:
-            now = steady.now()
-        else:
-            steady.last = now
-        try:
-            packed = self._cache_data.get(domain)  # the hot path, inlined (PolicyCache.fresh_policy)
-        except TypeError:  # unhashable: not a domain name (_key raises the typed error below)
-            packed = None
-        if packed is not None and now < (packed & _LOW32):
-            return self._cache_policies[(packed >> 64) & _LOW32]
-        negative = self._negative.get(domain, now)  # hot too: most domains publish no policy
+        return self._hot_cached(domain)
+
+    def _cached_miss(self, domain: str, now: float) -> Policy | NotCached | None:
+        """:meth:`cached_policy` past the hot path: the domain in normal form, looked up again; else NOT_CACHED."""
+        negative = self._negative.get(domain, now) if type(domain) is str else None
         if negative is not None:
             return NOT_CACHED if negative.defer else None
         key = self._key(domain)
@@ -360,17 +362,13 @@ class PolicyResolver:
         raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name, and
         :class:`~mtasts.errors.LookupDeferredError` when no answer can be given now (a ``LOCAL_ERROR`` lookup,
         or a DNS failure under ``dns_error="defer"``): defer the mail — ``None`` would mean "no policy".
+        (Each instance answers through a closure of :func:`mtasts.cache.hot_readers`, which shadows this method.)
         """
-        if type(domain) is str:  # the hot path, as in cached_policy
-            packed = self._cache_data.get(domain)
-            if packed is not None:
-                steady = self._steady
-                now = steady.fast()
-                if steady.last <= now:
-                    steady.last = now
-                    if now < (packed & _LOW32):
-                        return self._cache_policies[(packed >> 64) & _LOW32]
-        policy = self.cached_policy(domain)
+        return await self._hot_get(domain)
+
+    async def _get_miss(self, domain: str) -> Policy | None:
+        """:meth:`get_policy` past the hot path."""
+        policy = self._hot_cached(domain)
         if policy is not NOT_CACHED:
             return policy
         lookup = await self.lookup(domain)
@@ -464,12 +462,11 @@ class PolicyResolver:
             raise UsageError(f"address literals have no MTA-STS policy: {domain!r}")
         if not isinstance(policy, Policy):
             raise UsageError(f"expected a Policy, not {type(policy).__name__}")
-        record = select_txt_record([f"v=STSv1; id={policy_id};"]) if isinstance(policy_id, str) else None
-        if record is None:
+        if not is_policy_id(policy_id):
             raise UsageError(f"invalid policy id {policy_id!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
         when = self._now() if fetched_at is None else self._steady.from_wall(fetched_at)
-        if policy.max_age > 0:
-            self._store_in_cache(key, policy, record.id, when)
+        if caches(policy.max_age):
+            self._store_in_cache(key, policy, policy_id, when)
             self._negative.pop(key)
             self._persist(key, checked_at=when)
 
@@ -480,8 +477,8 @@ class PolicyResolver:
         return entry.policy
 
     def _refresh_after(self, policy: Policy) -> float:
-        """Seconds after a fetch when the proactive refresh is due (a day, or 3/4 of max_age if shorter)."""
-        return min(self._refresh_interval, policy.max_age * 0.75)
+        """Seconds after a fetch when the proactive refresh is due (:func:`mtasts.decision.refresh_after`)."""
+        return refresh_after(policy.max_age, self._refresh_interval)
 
     def _mark_checked(self, key: str) -> None:
         now = self._now()
@@ -539,7 +536,7 @@ class PolicyResolver:
             policy = parsed.get(row.policy_text)
             if policy is None:
                 policy = parsed[row.policy_text] = parse_policy(row.policy_text)
-            if select_txt_record([f"v=STSv1; id={row.policy_id};"]) is None:
+            if not is_policy_id(row.policy_id):
                 raise MTASTSError(f"invalid id {row.policy_id!r}")
             fetched = from_wall(row.fetched_at)
             checked = from_wall(row.checked_at) if row.checked_at is not None else fetched
@@ -588,11 +585,21 @@ class PolicyResolver:
     def _from_memory(self, key: str) -> PolicyLookup | None:
         """A lookup memory can answer: a fresh cached policy, or a remembered negative answer."""
         now = self._now()
-        if self._cache.fresh_policy(key, now) is not None:
-            entry = self._cache.get(key)
+        entry = self._cache.get(key)
+        negative = self._negative.item(key)
+        state = memory_state(
+            now,
+            expires_at=entry.expires_at if entry is not None else None,
+            fresh_until=entry.fresh_until if entry is not None else None,
+            negative_until=negative[0] if negative is not None else None,
+        )
+        if state is MemoryState.FRESH:
             assert entry is not None
             return self._cached_lookup(key, entry)
-        return self._negative.get(key, now)
+        if state is MemoryState.NEGATIVE:
+            assert negative is not None
+            return negative[1]
+        return None
 
     def _cached_lookup(
         self, key: str, entry: CacheEntry, result_type: str | None = None, error: str | None = None
@@ -670,7 +677,10 @@ class PolicyResolver:
         return _Checked(answer, record.id if record is not None else None)
 
     async def _resolve(self, key: str, *, refresh: bool = False) -> PolicyLookup:
-        """The cache decision table (module docs). Never raises for failures of the domain."""
+        """One lookup that memory could not answer: the I/O, sequenced around :mod:`mtasts.decision`'s table.
+
+        Never raises for failures of the domain.
+        """
         now = self._now()
         entry = self._cache.get(key)
         unread: str | None = None  # why the store could not say whether it holds a policy for key, if it could not
@@ -698,95 +708,93 @@ class PolicyResolver:
 
         checked = await self._check_txt(key)
         answer = checked.answer
-        if answer.status is mtasts_dns.TxtStatus.LOCAL_ERROR:
-            # The query could not be made here: nothing was learnt. The cached policy applies (checked again at
-            # the next lookup); without one, try again later.
-            if entry is not None:
-                return self._cached_lookup(key, entry, error=answer.error)
-            return self._local_error(key, answer.error or "the TXT query could not be made")
-        if checked.policy_id is None:
-            # No usable TXT record: NXDOMAIN, NODATA, no or several STS records, invalid, SERVFAIL, timeout.
-            if entry is not None:
+        decision = after_txt(
+            _TXT_OUTCOMES[answer.status] if checked.policy_id is None else TxtOutcome.RECORD,
+            checked.policy_id,
+            entry.policy_id if entry is not None else None,
+            refresh=refresh,
+            store_unread=unread is not None,
+            limits=self._limits,
+        )
+        error = answer.error or (None if checked.policy_id is not None else _why_no_record(answer))
+        if decision.next is Next.FETCH:
+            if decision.mark_checked:
                 self._mark_checked(key)
-                if not refresh:  # §3.1 note: the absence of a record never evicts a live cached policy
-                    return self._cached_lookup(key, entry, error=answer.error or _why_no_record(answer))
-                return await self._fetch(key, entry.policy_id, entry, refresh=True, unread=None)
-            if unread is not None:
-                return self._local_error(key, unread)
-            if answer.status is mtasts_dns.TxtStatus.ERROR:
-                lookup = PolicyLookup(key, LookupStatus.DNS_ERROR, error=answer.error, defer=self.dns_error == "defer")
-            else:
-                lookup = PolicyLookup(key, LookupStatus.NO_POLICY, error=_why_no_record(answer))
-            ttl = self._dns_error_ttl if lookup.status is LookupStatus.DNS_ERROR else self._negative_ttl
-            self._negative.put(key, replace(lookup, from_cache=True), self._now() + ttl)
-            return lookup
-
-        policy_id = checked.policy_id
-        if entry is not None and entry.policy_id == policy_id and not refresh:
-            self._mark_checked(key)  # §3: same id, nothing to fetch
-            return self._cached_lookup(key, entry)
-        return await self._fetch(key, policy_id, entry, refresh=refresh, unread=unread)
+            assert decision.fetch_id is not None
+            return await self._fetch(key, decision.fetch_id, entry, refresh=refresh, unread=unread)
+        return self._answer(key, decision, entry, error=error, unread=unread)
 
     async def _fetch(
         self, key: str, policy_id: str, entry: CacheEntry | None, *, refresh: bool, unread: str | None
     ) -> PolicyLookup:
-        """Fetch the policy for (key, policy_id); on failure keep ``entry`` untouched (C7)."""
+        """Fetch the policy for (key, policy_id) unless backed off; on failure ``entry`` stays untouched (C7)."""
         failure = self._failures.get(key)
-        if failure is not None and failure.policy_id == policy_id:
-            # §3.3: no new attempt for this version id during the back-off
-            return self._failed(
-                key, policy_id, entry, failure.result_type, failure.error, notify=False, refresh=refresh, unread=unread
-            )
-        try:
-            policy = await self._fetcher.fetch(key)
-        except LocalError as exc:
-            # This machine's trouble, not the domain's: no back-off, no report; the cached policy, or try later.
-            if entry is not None:
-                return self._cached_lookup(key, entry, error=exc.message)
-            return self._local_error(key, exc.message)
-        except MTASTSError as exc:
-            retry = self._now() + self._failure_backoff
-            self._failures[key] = _Failure(policy_id, exc.result_type, exc.message, retry)
-            return self._failed(
-                key, policy_id, entry, exc.result_type, exc.message, notify=True, refresh=refresh, unread=unread
-            )
+        result_type: str | None = None
+        if failure is not None and backed_off(failure.policy_id, failure.retry_after, policy_id, self._now()):
+            outcome, result_type, error = FetchOutcome.BACKED_OFF, failure.result_type, failure.error
+        else:
+            try:
+                policy = await self._fetcher.fetch(key)
+            except LocalError as exc:  # this machine's trouble, not the domain's
+                outcome, error = FetchOutcome.LOCAL_ERROR, exc.message
+            except MTASTSError as exc:
+                outcome, result_type, error = FetchOutcome.FAILED, exc.result_type, exc.message
+            else:
+                return self._fetched(key, policy, policy_id)
+        decision = after_fetch(outcome, cached=entry is not None, store_unread=unread is not None)
+        if decision.back_off:
+            self._failures[key] = _Failure(policy_id, result_type, error, self._now() + self._failure_backoff)
+            if entry is None:
+                self._persist(key)  # the failure (and its back-off) is worth sharing even with nothing cached
+        if decision.report:
+            self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
+        lookup = self._answer(key, decision, entry, error=error, unread=unread, result_type=result_type)
+        if lookup.status is LookupStatus.FETCH_ERROR:
+            lookup = replace(lookup, policy_id=policy_id)  # (the id whose fetch failed)
+            if decision.remember is not None:
+                self._remember(key, lookup, decision)
+        return lookup
+
+    def _fetched(self, key: str, policy: Policy, policy_id: str) -> PolicyLookup:
         fetched_at = self._now()
         self._negative.pop(key)
         self._failures.pop(key, None)
-        if policy.max_age > 0:
+        if caches(policy.max_age):
             policy = self._store_in_cache(key, policy, policy_id, fetched_at)
         else:
-            self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached
+            self._cache.pop(key)  # max_age 0: applies to this lookup only, and replaces what was cached (C5)
         self._persist(key, checked_at=fetched_at)
         return PolicyLookup(key, LookupStatus.FETCHED, policy, policy_id, self._steady.to_wall(fetched_at))
 
-    def _failed(
+    def _answer(
         self,
         key: str,
-        policy_id: str,
+        decision: Decision,
         entry: CacheEntry | None,
-        result_type: str | None,
-        error: str,
         *,
-        notify: bool,
-        refresh: bool,
+        error: str | None,
         unread: str | None,
+        result_type: str | None = None,
     ) -> PolicyLookup:
-        if entry is not None:
+        """Carry out an ANSWER decision: the bookkeeping it asks for, and the lookup it gives."""
+        if decision.mark_checked:
             self._mark_checked(key)
-        elif notify:
-            self._persist(key)  # the failure (and its back-off) is worth sharing even with nothing cached
-        if notify:
-            self._notify(key, policy_id, entry, result_type, error, refresh=refresh)
-        if entry is not None:  # §3.3 MUST: the valid cached policy applies
+        if decision.use_cached:
+            assert entry is not None
             return self._cached_lookup(key, entry, result_type, error)
-        if unread is not None:  # the store may hold a valid policy we could not read
-            return self._local_error(key, f"{error}; {unread}")
-        lookup = PolicyLookup(key, LookupStatus.FETCH_ERROR, policy_id=policy_id, result_type=result_type, error=error)
-        # Remembered briefly, like a DNS failure: a broken policy host must not cost a TXT query per message.
-        expires = self._now() + min(self._dns_error_ttl, self._failure_backoff)
-        self._negative.put(key, replace(lookup, from_cache=True), expires)
+        assert decision.status is not None
+        if decision.status is LookupStatus.LOCAL_ERROR:
+            reason = f"{error}; {unread}" if decision.store_unread and error else (error or unread)
+            return self._local_error(key, reason or "the lookup failed on this host")
+        lookup = PolicyLookup(key, decision.status, result_type=result_type, error=error, defer=decision.defer)
+        if decision.remember is not None and decision.status is not LookupStatus.FETCH_ERROR:
+            self._remember(key, lookup, decision)
         return lookup
+
+    def _remember(self, key: str, lookup: PolicyLookup, decision: Decision) -> None:
+        """Keep a negative answer for its TTL; answered from memory, it says ``from_cache``."""
+        assert decision.remember is not None
+        self._negative.put(key, replace(lookup, from_cache=True), self._now() + self._limits.ttl(decision.remember))
 
     def _notify(
         self, key: str, policy_id: str, entry: CacheEntry | None, result_type: str | None, error: str, *, refresh: bool
@@ -808,6 +816,16 @@ class PolicyResolver:
         for callback in (self._on_fetch_failure, self._on_refresh_failure if refresh and alert else None):
             if callback is not None:
                 _call_safely(callback, failure)
+
+
+#: The TXT query's end, as the decision table sees it (with no valid record: RECORD is decided by the selection).
+_TXT_OUTCOMES = {
+    mtasts_dns.TxtStatus.FOUND: TxtOutcome.NO_RECORD,  # records, but no valid STS one
+    mtasts_dns.TxtStatus.NXDOMAIN: TxtOutcome.NO_RECORD,
+    mtasts_dns.TxtStatus.NODATA: TxtOutcome.NO_RECORD,
+    mtasts_dns.TxtStatus.ERROR: TxtOutcome.DNS_ERROR,
+    mtasts_dns.TxtStatus.LOCAL_ERROR: TxtOutcome.LOCAL_ERROR,
+}
 
 
 def _why_no_record(answer: mtasts_dns.TxtAnswer) -> str:

@@ -20,7 +20,7 @@ from typing import TypeVar
 from . import _abnf
 from .errors import MTASTSError, TxtRecordError
 
-__all__ = ["TxtRecord", "explain_txt_records", "parse_txt_record", "select_txt_record"]
+__all__ = ["TxtRecord", "explain_txt_records", "is_policy_id", "parse_txt_record", "select_txt_record"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 R = TypeVar("R")
@@ -101,6 +101,11 @@ def explain_one(
         return None, f"invalid {kind} TXT record {shown[:100]!r}: {exc.message}"
 
 
+def is_policy_id(value: object) -> bool:
+    """Is ``value`` a policy id: 1 to 32 letters and digits (§3.1 ``sts-id-value``)? The one rule."""
+    return isinstance(value, str) and _abnf.sts_id_value.fullmatch(value) is not None
+
+
 def parse_txt_record(text: str | bytes) -> TxtRecord:
     """Parse one TXT record (its character-strings already joined); raise :class:`TxtRecordError` if invalid.
 
@@ -121,7 +126,7 @@ def parse_txt_record(text: str | bytes) -> TxtRecord:
         name, _, value = item.partition("=")
         if name == "id":
             if policy_id is None:
-                if _abnf.sts_id_value.fullmatch(value) is None:
+                if not is_policy_id(value):
                     raise TxtRecordError(f"invalid id {value[:40]!r}: 1 to 32 letters and digits (RFC 8461 §3.1)")
                 policy_id = value
             continue

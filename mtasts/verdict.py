@@ -59,7 +59,7 @@ def evaluate(policy: Policy | None, mx_host: str, *, tls_failure: str | None = N
         if policy is None:
             return _NO_POLICY
         # The hot path: a policy's verdict for a host never changes (both are immutable), so it is made once.
-        memo = policy._verdicts
+        memo = policy.verdict_memo
         try:
             return cast(Verdict, memo[mx_host])
         except (KeyError, TypeError):

@@ -66,7 +66,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def resolver(world: World) -> AsyncIterator[PolicyResolver]:
-    """A resolver on the world with a memory store (modules needing other settings define their own)."""
-    async with world.policy_resolver(clock=FakeClock(), store=MemoryStore(), fetch_timeout=5.0) as r:
+async def resolver(world: World, clock: FakeClock) -> AsyncIterator[PolicyResolver]:
+    """A resolver on the world with a memory store and the test's ``clock`` (advance it to age the cache);
+    modules needing other settings define their own."""
+    async with world.policy_resolver(clock=clock, store=MemoryStore(), fetch_timeout=5.0) as r:
         yield r

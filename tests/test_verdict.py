@@ -49,7 +49,7 @@ def test_the_verdict_memo_is_bounded_and_exact() -> None:
         host = f"mx{i}.example.net" if i % 2 else f"mx{i}.attacker.example"
         assert evaluate(enforce, host).deliver is bool(i % 2)
         assert evaluate(enforce, host).deliver is bool(i % 2)  # the memoized answer is the same answer
-    assert len(enforce._verdicts) <= 64
+    assert len(enforce.verdict_memo) <= 64
     assert evaluate(enforce, b"mx.example.com").deliver is False  # type: ignore[arg-type]  # not a str: no memo
 
 
