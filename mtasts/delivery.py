@@ -21,6 +21,11 @@ not evaluated for it; TLS is required and the certificate is judged by ``dane_ve
 the PKIX context), and a failing DANE result is never overridden.
 
 Every attempt (which MX, which addresses, the verdict, the RFC 8460 result type) goes to ``reporter``.
+
+Every SMTP call runs inside :func:`mtasts._smtp.map_smtp_errors`, the one boundary where aiosmtplib, ``ssl``,
+socket and timeout exceptions become :class:`~mtasts.errors.SMTPError` subclasses (a TLS failure in STARTTLS:
+:class:`~mtasts.errors.SMTPTLSError` with its RFC 8460 result type) or :class:`~mtasts.errors.LocalError`; this
+module only reads those.
 """
 
 from __future__ import annotations
@@ -45,13 +50,23 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     raise ImportError("mtasts.delivery needs aiosmtplib: pip install 'mtasts[smtp]'") from error
 
 from . import dns as mtasts_dns
+from ._smtp import map_smtp_errors
 from .domain import is_address_literal, normalize_domain
-from .errors import DomainError, HostLookupError, MTASTSError, UsageError
+from .errors import (
+    DomainError,
+    HostLookupError,
+    LocalError,
+    NoStartTLSError,
+    SMTPError,
+    SMTPRecipientsRefusedError,
+    SMTPReplyError,
+    SMTPTLSError,
+    UsageError,
+)
 from .policy import Mode, Policy
 from .resolver import LookupStatus, PolicyLookup, PolicyResolver
 from .results import ResultType
 from .tls import create_client_context, create_opportunistic_context, ensure_strict
-from .tls_errors import classify_tls_error, failure_reason_code
 from .verdict import Verdict, evaluate
 
 __all__ = ["Attempt", "DeliveryResult", "DeliveryStatus", "StartTLSProbe", "deliver", "find_mx_hosts", "probe_starttls"]
@@ -283,7 +298,10 @@ async def _connect(job: _Job, ip: str, mx: str) -> aiosmtplib.SMTP:
 
 
 async def _open_session(ip: str, port: int, local_hostname: str | None, timeout: float) -> aiosmtplib.SMTP:
-    """Connect and EHLO, no TLS yet (aiosmtplib's own opportunistic STARTTLS is switched off)."""
+    """Connect and EHLO, no TLS yet (aiosmtplib's own opportunistic STARTTLS is switched off).
+
+    Raises :class:`SMTPError` or :class:`LocalError` (:func:`map_smtp_errors`).
+    """
     client = aiosmtplib.SMTP(
         hostname=ip,
         port=port,
@@ -292,23 +310,36 @@ async def _open_session(ip: str, port: int, local_hostname: str | None, timeout:
         start_tls=False,
         use_tls=False,
     )
-    await client.connect()
-    await client.ehlo()
+    with map_smtp_errors():
+        await client.connect()
+        await client.ehlo()
     return client
 
 
 async def _starttls(client: aiosmtplib.SMTP, mx: str, context: ssl.SSLContext) -> None:
+    """STARTTLS with SNI = ``mx`` (RFC 8461 §7.1) and ``context``'s checks, then EHLO again (RFC 3207 §4.2).
+
+    Raises :class:`NoStartTLSError` (not offered, or refused with an error reply: ``starttls-not-supported``),
+    :class:`SMTPTLSError` (the handshake or the certificate failed: its RFC 8460 result type) or
+    :class:`LocalError`.
+    """
     if not client.supports_extension("starttls"):
-        raise _NoStartTLS(f"{mx} does not offer STARTTLS")
+        raise NoStartTLSError(f"{mx} does not offer STARTTLS")
     try:
-        await client.starttls(server_hostname=mx, tls_context=context)
-    except aiosmtplib.SMTPResponseException as exc:
-        raise _NoStartTLS(f"{mx} refused STARTTLS: {exc.code} {exc.message}") from None
-    await client.ehlo()  # RFC 3207 §4.2: discard what was learned before TLS
+        with map_smtp_errors(tls=True):
+            await client.starttls(server_hostname=mx, tls_context=context)
+    except SMTPTLSError as exc:
+        if exc.code is None:
+            raise
+        # an error reply to the STARTTLS command itself (RFC 3207 §4: 454 TLS not available ...): refused
+        raise NoStartTLSError(f"{mx} refused STARTTLS: {exc.message}", code=exc.code, origin=exc.origin) from None
+    with map_smtp_errors(tls=True):
+        await client.ehlo()  # RFC 3207 §4.2: discard what was learned before TLS
 
 
-class _NoStartTLS(MTASTSError):
-    default_result_type = ResultType.STARTTLS_NOT_SUPPORTED
+def _describe(exc: SMTPError | LocalError) -> str:
+    """``origin: message`` for an SMTP failure (as it was first reported), the message for a local fault."""
+    return exc.detail if isinstance(exc, SMTPError) else exc.message
 
 
 async def _session(job: _Job, base: Attempt, ip: str, policy: Policy | None, outcome: _Outcome) -> Attempt:
@@ -319,8 +350,8 @@ async def _session(job: _Job, base: Attempt, ip: str, policy: Policy | None, out
     try:
         try:
             client = await _connect(job, ip, mx)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return replace(attempt, receiving_ip=None, error=f"{mx} [{ip}]: cannot connect: {exc}")
+        except (SMTPError, LocalError) as exc:
+            return replace(attempt, receiving_ip=None, error=f"{mx} [{ip}]: cannot connect: {exc.message}")
         attempt = replace(attempt, sending_ip=_local_ip(client))
         tls_failure, reason_code, tls_error = await _validate_tls(job, client, mx, dane=base.dane)
         if base.dane:
@@ -346,8 +377,8 @@ async def _session(job: _Job, base: Attempt, ip: str, policy: Policy | None, out
             client, tls_used = await _opportunistic_session(job, ip, mx)
             attempt = replace(attempt, tls=tls_used)
         return await _send(job, client, attempt, outcome)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        return replace(attempt, error=f"{mx} [{ip}]: {type(exc).__name__}: {exc}")
+    except (SMTPError, LocalError) as exc:
+        return replace(attempt, error=f"{mx} [{ip}]: {_describe(exc)}")
     finally:
         if client is not None:
             await _quit(client)
@@ -361,10 +392,10 @@ async def _validate_tls(
     context = create_opportunistic_context() if verifier is not None else job.tls_context
     try:
         await _starttls(client, mx, context)
-    except _NoStartTLS as exc:
-        return ResultType.STARTTLS_NOT_SUPPORTED, "starttls-not-supported", exc.message
-    except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError) as exc:
-        return classify_tls_error(exc), failure_reason_code(exc), f"TLS failed: {exc}"
+    except NoStartTLSError as exc:
+        return exc.result_type, exc.failure_reason_code, exc.message
+    except SMTPTLSError as exc:
+        return exc.result_type, exc.failure_reason_code, f"TLS failed: {exc.message}"
     if verifier is not None:
         certificate = _peer_certificate(client)
         result = await verifier(mx, certificate) if certificate else ResultType.TLSA_INVALID
@@ -374,34 +405,36 @@ async def _validate_tls(
 
 
 async def _opportunistic_session(job: _Job, ip: str, mx: str) -> tuple[aiosmtplib.SMTP, bool]:
+    """A new session, encrypted without authentication if STARTTLS is offered and works, else plaintext."""
     client = await _connect(job, ip, mx)
     if not client.supports_extension("starttls"):
         return client, False
     try:
-        await client.starttls(server_hostname=mx, tls_context=create_opportunistic_context())
-        await client.ehlo()
+        with map_smtp_errors(tls=True):
+            await client.starttls(server_hostname=mx, tls_context=create_opportunistic_context())
+            await client.ehlo()
         return client, True
-    except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError):
+    except SMTPTLSError:
         _close(client)
         return await _connect(job, ip, mx), False  # plaintext, as a last resort
 
 
 async def _send(job: _Job, client: aiosmtplib.SMTP, attempt: Attempt, outcome: _Outcome) -> Attempt:
+    """MAIL, RCPT, DATA. A 5yz reply (to the message, or to every recipient) ends the delivery: ``failed``."""
     try:
-        if isinstance(job.message, bytes):
-            errors, _ = await client.sendmail(job.sender, job.recipients, job.message)
-        else:
-            errors, _ = await client.send_message(job.message, sender=job.sender, recipients=job.recipients)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [refusal.code for refusal in exc.recipients]
-        text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-        if codes and all(500 <= code < 600 for code in codes):
-            outcome.permanent = f"every recipient refused by {attempt.mx}: {text}"
-        return replace(attempt, error=f"recipients refused: {text}")
-    except aiosmtplib.SMTPResponseException as exc:
-        if 500 <= exc.code < 600:
-            outcome.permanent = f"{attempt.mx} answered {exc.code} {exc.message}"
-        return replace(attempt, error=f"{exc.code} {exc.message}")
+        with map_smtp_errors():
+            if isinstance(job.message, bytes):
+                errors, _ = await client.sendmail(job.sender, job.recipients, job.message)
+            else:
+                errors, _ = await client.send_message(job.message, sender=job.sender, recipients=job.recipients)
+    except SMTPRecipientsRefusedError as exc:
+        if exc.permanent:
+            outcome.permanent = f"every recipient refused by {attempt.mx}: {exc.message}"
+        return replace(attempt, error=f"recipients refused: {exc.message}")
+    except SMTPReplyError as exc:
+        if exc.permanent:
+            outcome.permanent = f"{attempt.mx} answered {exc.message}"
+        return replace(attempt, error=exc.message)
     outcome.delivered_mx = attempt.mx
     outcome.refused.update({rcpt: f"{resp.code} {resp.message}" for rcpt, resp in errors.items()})
     return replace(attempt, delivered=True)
@@ -437,18 +470,18 @@ async def probe_starttls(
     for ip in ips:
         try:
             client = await _open_session(ip, port, local_hostname, timeout)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            last_error = f"{ip}: cannot connect: {exc}"
+        except (SMTPError, LocalError) as exc:
+            last_error = f"{ip}: cannot connect: {exc.message}"
             continue
         try:
             await _starttls(client, mx, context)
             ssl_object = client.get_transport_info("ssl_object")
             certificate = ssl_object.getpeercert() if isinstance(ssl_object, ssl.SSLObject) else None
             return StartTLSProbe(mx, ip, None, None, certificate)
-        except _NoStartTLS as exc:
-            return StartTLSProbe(mx, ip, ResultType.STARTTLS_NOT_SUPPORTED, exc.message)
-        except (ssl.SSLError, aiosmtplib.SMTPException, ConnectionError, TimeoutError) as exc:
-            return StartTLSProbe(mx, ip, classify_tls_error(exc), failure_reason_code(exc))
+        except NoStartTLSError as exc:
+            return StartTLSProbe(mx, ip, exc.result_type, exc.message)
+        except SMTPTLSError as exc:
+            return StartTLSProbe(mx, ip, exc.result_type, exc.failure_reason_code)
         finally:
             await _quit(client)
     return StartTLSProbe(mx, None, None, last_error)
@@ -474,10 +507,12 @@ def _close(client: aiosmtplib.SMTP) -> None:
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely (5 s at most); if that fails (an SMTP failure or a local fault), just close the connection."""
     if client.is_connected:
         try:
-            await asyncio.wait_for(client.quit(), timeout=5)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            with map_smtp_errors():
+                await asyncio.wait_for(client.quit(), timeout=5)
+        except (SMTPError, LocalError):
             client.close()
 
 

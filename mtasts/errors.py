@@ -23,9 +23,15 @@ __all__ = [
     "MXPermanentFailure",
     "MXTransientFailure",
     "NetstringError",
+    "NoStartTLSError",
     "PolicyError",
     "PolicyFetchError",
     "PolicyWebPKIError",
+    "SMTPConnectionError",
+    "SMTPError",
+    "SMTPRecipientsRefusedError",
+    "SMTPReplyError",
+    "SMTPTLSError",
     "TlsRptRecordError",
     "TxtRecordError",
     "UsageError",
@@ -143,3 +149,105 @@ class MXPermanentFailure(MTASTSError):
 
 class MXTransientFailure(MTASTSError):
     """The MX list cannot be had now (DNS failure)."""
+
+
+# -- SMTP (mapped from aiosmtplib / ssl / socket errors in one place: mtasts._smtp) --------------------------------
+
+
+class SMTPError(MTASTSError):
+    """An SMTP exchange with a mail server failed (RFC 5321): an error reply, a lost connection, a timeout.
+
+    ``code`` is the reply code (RFC 5321 §4.2) when the server answered with one, else None. ``origin`` names the
+    exception the failure was first reported as (``SMTPServerDisconnected``, ``ConnectionRefusedError``,
+    ``SSLCertVerificationError``, ...): a string for messages and logs, never a type to catch.
+    """
+
+    def __init__(
+        self, message: str, *, code: int | None = None, origin: str | None = None, result_type: str | None = None
+    ) -> None:
+        super().__init__(message, result_type=result_type)
+        self.code = code
+        self.origin = origin if origin is not None else type(self).__name__
+
+    @property
+    def permanent(self) -> bool:
+        """A 5yz reply: "permanent negative completion" (RFC 5321 §4.2.1) — sending the same again cannot help."""
+        return self.code is not None and 500 <= self.code < 600
+
+    @property
+    def detail(self) -> str:
+        """``origin: message`` — what went wrong, as the failure was first reported."""
+        return f"{self.origin}: {self.message}"
+
+
+class SMTPReplyError(SMTPError):
+    """The server answered a command with an error reply (RFC 5321 §4.2): ``code`` is set (4yz: try again later,
+    5yz: permanent) and ``message`` is the reply, code first (``"550 No such user"``).
+
+    ``recipient``: the address a ``RCPT TO`` reply refused (RFC 5321 §3.3), else None.
+    """
+
+    def __init__(self, message: str, *, code: int, origin: str | None = None, recipient: str | None = None) -> None:
+        super().__init__(message, code=code, origin=origin)
+        self.recipient = recipient
+
+
+class SMTPRecipientsRefusedError(SMTPError):
+    """Every recipient was refused (``RCPT TO``, RFC 5321 §3.3): one :class:`SMTPReplyError` each in
+    ``refusals``, in the order the recipients were given. ``code`` is None (the replies may differ).
+    """
+
+    def __init__(self, message: str, *, refusals: tuple[SMTPReplyError, ...], origin: str | None = None) -> None:
+        super().__init__(message, origin=origin)
+        self.refusals = refusals
+
+    @property
+    def permanent(self) -> bool:
+        """Every refusal was a 5yz reply (RFC 5321 §4.2.1)."""
+        return bool(self.refusals) and all(refusal.permanent for refusal in self.refusals)
+
+
+class SMTPConnectionError(SMTPError):
+    """No SMTP session could be made with the server, or it was lost: connection refused or reset, a timeout, a
+    broken TLS session, an error greeting (then ``code`` is the greeting's reply code).
+    """
+
+
+class SMTPTLSError(SMTPError):
+    """STARTTLS (RFC 3207) or the TLS handshake and certificate check that follows it failed.
+
+    ``result_type`` is the RFC 8460 §4.3.1 result type (:func:`~mtasts.tls_errors.classify_tls_error`:
+    ``certificate-expired``, ``certificate-host-mismatch``, ... ``validation-failure``) and
+    ``failure_reason_code`` the §4.4 detail to report with it (OpenSSL's verify message, or the error text).
+    ``code`` is set when the server answered STARTTLS with an error reply.
+    """
+
+    default_result_type = ResultType.VALIDATION_FAILURE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        result_type: str | None = None,
+        failure_reason_code: str | None = None,
+        code: int | None = None,
+        origin: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, origin=origin, result_type=result_type)
+        self.failure_reason_code = failure_reason_code if failure_reason_code is not None else message[:200]
+
+
+class NoStartTLSError(SMTPTLSError):
+    """The server does not offer STARTTLS, or refused it (RFC 3207 §4) — ``starttls-not-supported`` (RFC 8460
+    §4.3.1)."""
+
+    default_result_type = ResultType.STARTTLS_NOT_SUPPORTED
+
+    def __init__(self, message: str, *, code: int | None = None, origin: str | None = None) -> None:
+        super().__init__(
+            message,
+            result_type=ResultType.STARTTLS_NOT_SUPPORTED,
+            failure_reason_code=ResultType.STARTTLS_NOT_SUPPORTED.value,
+            code=code,
+            origin=origin,
+        )

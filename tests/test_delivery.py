@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import inspect
 import random
+import ssl
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
+import aiosmtplib
+import aiosmtplib.errors
 import pytest
+from aiosmtpd.smtp import SMTP
 
-from mtasts import MTASTSError, PolicyResolver
-from mtasts.delivery import Attempt, DeliveryResult, DeliveryStatus, deliver, find_mx_hosts
+from mtasts import LocalError, MTASTSError, PolicyResolver
+from mtasts._smtp import SMTP_ERRORS, map_smtp_errors
+from mtasts.delivery import Attempt, DeliveryResult, DeliveryStatus, deliver, find_mx_hosts, probe_starttls
+from mtasts.errors import (
+    NoStartTLSError,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPRecipientsRefusedError,
+    SMTPReplyError,
+    SMTPTLSError,
+)
 from mtasts.testing import World
 
 from ._smtp import MailWorld
@@ -321,3 +337,152 @@ async def test_a_lookup_that_cannot_answer_now_defers_without_contacting_any_mx(
     assert mail.inbox.messages == [] and mail.inbox.connections == {}
     async with world.policy_resolver(clock=clock, fetch_timeout=5) as default:  # RFC 8461: as if no policy
         assert (await send(world, mail, default)).status is DeliveryStatus.DELIVERED
+
+
+# -- the SMTP boundary (mtasts._smtp): nothing foreign escapes ------------------------------------------------
+
+
+def aiosmtplib_exception_classes() -> set[type[Exception]]:
+    """Every exception class aiosmtplib defines (its package and its errors module)."""
+    return {
+        value
+        for module in (aiosmtplib, aiosmtplib.errors)
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, Exception) and value.__module__.startswith("aiosmtplib")
+    }
+
+
+SAMPLE_ARGUMENTS: dict[str, Any] = {
+    "message": "something failed",
+    "code": 550,
+    "sender": "alice@sender.example",
+    "recipient": "bob@example.com",
+    "recipients": [aiosmtplib.SMTPRecipientRefused(550, "No such user", "bob@example.com")],
+}
+
+
+def instance_of(cls: type[Exception]) -> Exception:
+    """An instance of ``cls``, its constructor's arguments taken by name from SAMPLE_ARGUMENTS."""
+    names = [name for name in inspect.signature(cls).parameters if name not in ("args", "kwargs")]
+    return cls(*(SAMPLE_ARGUMENTS[name] for name in names))
+
+
+def mapped(exc: BaseException, *, tls: bool = False) -> BaseException:
+    """What ``map_smtp_errors`` raises for ``exc`` raised inside it."""
+    with pytest.raises(BaseException) as info, map_smtp_errors(tls=tls):
+        raise exc
+    return info.value
+
+
+def test_every_aiosmtplib_exception_is_mapped_to_an_mtasts_error() -> None:
+    """httpx's test, for aiosmtplib: a class of a newer aiosmtplib that nobody mapped fails here."""
+    classes = aiosmtplib_exception_classes()
+    assert aiosmtplib.SMTPRecipientsRefused in classes and len(classes) >= 15
+    unmapped = {cls.__name__ for cls in classes} - {cls.__name__ for cls in SMTP_ERRORS}
+    assert not unmapped, f"aiosmtplib exceptions missing from mtasts._smtp.SMTP_ERRORS: {sorted(unmapped)}"
+    for cls in sorted(classes, key=lambda c: c.__name__):
+        outside, inside = mapped(instance_of(cls)), mapped(instance_of(cls), tls=True)
+        assert type(outside) is SMTP_ERRORS[cls], cls
+        assert isinstance(inside, SMTPTLSError), cls
+        for error in (outside, inside):
+            assert isinstance(error, MTASTSError) and not isinstance(error, aiosmtplib.SMTPException), cls
+            assert isinstance(error, SMTPError) and error.origin == cls.__name__
+        if issubclass(cls, aiosmtplib.SMTPResponseException):  # the reply, as on the wire
+            assert isinstance(outside, SMTPError) and (outside.code, outside.message) == (550, "550 something failed")
+
+
+def test_the_smtp_boundary_maps_replies_refusals_ssl_sockets_timeouts_and_local_faults() -> None:
+    refused = mapped(aiosmtplib.SMTPRecipientsRefused([
+        aiosmtplib.SMTPRecipientRefused(550, "No such user", "a@example.com"),
+        aiosmtplib.SMTPRecipientRefused(551, "Gone", "b@example.com"),
+    ]))  # fmt: skip
+    assert isinstance(refused, SMTPRecipientsRefusedError) and refused.permanent and refused.code is None
+    assert refused.message == "a@example.com: 550 No such user; b@example.com: 551 Gone"
+    assert [(r.recipient, r.code) for r in refused.refusals] == [("a@example.com", 550), ("b@example.com", 551)]
+    transient = mapped(aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(450, "Later", "a@x.example")]))
+    assert isinstance(transient, SMTPRecipientsRefusedError) and not transient.permanent
+
+    reply = mapped(aiosmtplib.SMTPDataError(451, "Try again later"))
+    assert isinstance(reply, SMTPReplyError) and (reply.code, reply.message) == (451, "451 Try again later")
+    assert not reply.permanent and reply.detail == "SMTPDataError: 451 Try again later"
+    greeting = mapped(aiosmtplib.SMTPConnectResponseError(554, "Go away"))
+    assert isinstance(greeting, SMTPConnectionError) and greeting.code == 554 and greeting.permanent
+
+    for foreign in (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), TimeoutError(),
+                    ssl.SSLError("bad record mac"), aiosmtplib.SMTPServerDisconnected("Connection lost")):  # fmt: skip
+        error = mapped(foreign)
+        assert type(error) is SMTPConnectionError and error.code is None, foreign
+        assert error.detail == f"{type(foreign).__name__}: {foreign}"
+
+    # during STARTTLS: the RFC 8460 result type of the certificate check (tls_errors.classify_tls_error)
+    expired = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    expired.verify_code, expired.verify_message = 10, "certificate has expired"
+    tls = mapped(expired, tls=True)
+    assert isinstance(tls, SMTPTLSError) and tls.result_type == "certificate-expired"
+    assert tls.failure_reason_code == "certificate has expired"
+    for foreign in (ConnectionResetError(), aiosmtplib.SMTPTimeoutError("Timed out while upgrading transport")):
+        error = mapped(foreign, tls=True)
+        assert isinstance(error, SMTPTLSError) and error.result_type == "validation-failure", foreign
+    refusal = mapped(aiosmtplib.SMTPResponseException(454, "TLS not available"), tls=True)
+    assert isinstance(refusal, SMTPTLSError) and refusal.code == 454
+
+    # a local fault (no free descriptor) says nothing about the MX, wrapped or not, in STARTTLS or not
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    wrapped = aiosmtplib.SMTPConnectError("Error connecting to 127.0.0.2 on port 25")
+    wrapped.__cause__ = emfile
+    for foreign, tls_stage in [(emfile, False), (emfile, True), (wrapped, False)]:
+        error = mapped(foreign, tls=tls_stage)
+        assert type(error) is LocalError and "Too many open files" in error.message and error.result_type is None
+
+    # ours pass through untouched; what is not an SMTP failure is not caught
+    ours = NoStartTLSError("mx.example does not offer STARTTLS")
+    assert mapped(ours) is ours and mapped(ours, tls=True) is ours
+    assert ours.result_type == ours.failure_reason_code == "starttls-not-supported"
+    bug = ValueError("Command arg contains a prohibited control character")
+    assert mapped(bug) is bug and mapped(bug, tls=True) is bug
+
+
+class RefusingSTARTTLS(SMTP):
+    """An MX that offers STARTTLS in its EHLO, then refuses the command (RFC 3207 §4)."""
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await self.push("454 4.7.0 TLS not available due to temporary reason")
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+@pytest.mark.parametrize("mode", ["enforce", "testing"])
+async def test_an_mx_that_refuses_starttls_is_starttls_not_supported(
+    world: World, mail: MailWorld, resolver: PolicyResolver, mode: str
+) -> None:
+    publish(world, mode)
+    ip = "127.0.0.9"
+    world.add_record("mx1.example.com", "A", ip)
+    mail.set_mx(DOMAIN, (10, "mx1.example.com"))
+    inbox, context = Inbox(), world.server_ssl_context("mx1.example.com")
+    server = await asyncio.get_running_loop().create_server(
+        lambda: RefusingSTARTTLS(inbox, tls_context=context, hostname="mx1.example.com"), host=ip, port=mail.port
+    )
+    try:
+        result = await send(world, mail, resolver)
+        probe = await probe_starttls("mx1.example.com", resolver=world.resolver(), port=mail.port,
+                                     tls_context=world.client_ssl_context(), timeout=10)  # fmt: skip
+    finally:
+        server.close()
+        await server.wait_closed()
+    [attempt] = result.attempts
+    assert (attempt.tls_failure, attempt.failure_reason_code) == ("starttls-not-supported", "starttls-not-supported")
+    assert (probe.ip, probe.result_type) == (ip, "starttls-not-supported")
+    assert probe.detail == "mx1.example.com refused STARTTLS: 454 4.7.0 TLS not available due to temporary reason"
+    if mode == "enforce":
+        assert result.status is DeliveryStatus.DEFERRED and inbox.messages == []
+        assert attempt.error == f"mx1.example.com [{ip}]: {probe.detail}"
+    else:  # opportunistic: STARTTLS refused again on the new session, so plaintext
+        assert result.status is DeliveryStatus.DELIVERED and not attempt.tls and len(inbox.messages) == 1

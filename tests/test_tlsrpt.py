@@ -314,3 +314,80 @@ async def test_tlsrpt_cli_show_and_send(world: World, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out.splitlines()[0])["status"] == "delivered"
     await runner.cleanup()
     assert len(collector.hits) == 1
+
+
+# -- typed outcomes and named keys (issue 14) ---------------------------------------------------------------------
+
+
+def test_counter_keys_name_the_report_fields() -> None:
+    from mtasts.tlsrpt import FailureKey, PolicyKey
+    from mtasts.tlsrpt.report import DETAIL_FIELDS
+
+    assert tuple(name.replace("_", "-") for name in FailureKey._fields) == DETAIL_FIELDS  # §4.4, in order
+    rec = reporter(FakeClock(NOON))
+    for _ in range(2):  # the second session finds the key made for the first
+        rec.record("example.com", policy=None, mx_host="MX.example.com.", result_type="certificate-expired",
+                   sending_ip="2001:db8:0::1")  # fmt: skip
+    [(day, policy, failure)] = rec._pending
+    assert policy == PolicyKey("no-policy-found", "example.com", (), ())
+    assert failure == FailureKey(
+        "certificate-expired", sending_mta_ip="2001:db8::1", receiving_mx_hostname="mx.example.com"
+    )
+    assert rec._pending[(day, policy, failure)] == 2
+
+
+def test_report_outcomes_as_the_json_objects_the_cli_prints() -> None:
+    from mtasts.tlsrpt import ReportOutcome, ReportStatus
+
+    assert [list(ReportOutcome("a.example", DAY, status, **extra).as_dict().items()) for status, extra in [
+        (ReportStatus.DELIVERED, {"to": "https://c.example/r"}),
+        (ReportStatus.RETRY, {"error": "x: HTTP 500", "next_attempt": 1.5}),
+        (ReportStatus.GAVE_UP, {"error": ""}),
+        (ReportStatus.NO_RECORD, {}),
+    ]] == [
+        [("domain", "a.example"), ("day", "2027-01-15"), ("status", "delivered"), ("to", "https://c.example/r")],
+        [("domain", "a.example"), ("day", "2027-01-15"), ("status", "retry"), ("error", "x: HTTP 500"),
+         ("next_attempt", 1.5)],
+        [("domain", "a.example"), ("day", "2027-01-15"), ("status", "gave-up"), ("error", "")],
+        [("domain", "a.example"), ("day", "2027-01-15"), ("status", "no-record")],
+    ]  # fmt: skip
+    assert json.dumps(ReportOutcome("a.example", DAY, ReportStatus.EMPTY).as_dict()) == (
+        '{"domain": "a.example", "day": "2027-01-15", "status": "empty"}'
+    )
+
+
+async def test_send_due_outcomes_are_typed_and_send_due_gives_them_as_json_objects(world: World) -> None:
+    from mtasts.tlsrpt import ReportStatus
+    from mtasts.tlsrpt.send import ReportSender
+
+    from .test_tlsrpt_send import Outbox, start_collector
+
+    collector, runner = await start_collector(world)
+    world.add_record("_smtp._tls.example.com", "TXT", f"v=TLSRPTv1; rua={collector.uri()}")
+    world.add_record("_smtp._tls.bad.example", "TXT", "v=TLSRPTv1; rua=mailto:nobody")  # no usable address
+    world.set_failure("_smtp._tls.broken.example", "servfail")
+    clock = FakeClock(NOON)
+    typed, plain = reporter(clock), reporter(clock)
+    for rec in (typed, plain):
+        for domain in ("example.com", "bad.example", "broken.example", "nobody.example"):
+            rec.record(domain, policy=None)
+    clock.now = NOON + 12 * 3600 + 3601  # the next day, after send_delay
+    async with world.policy_resolver(clock=clock) as resolver:
+        sender = ReportSender(resolver=resolver, ssl_context=world.client_ssl_context(), timeout=5, mailer=Outbox())
+        outcomes = await typed.send_due_outcomes(resolver, sender=sender)
+        objects = await plain.send_due(resolver, sender=sender)
+    await runner.cleanup()
+    assert [(o.domain, o.day, o.status) for o in outcomes] == [
+        ("bad.example", DAY, ReportStatus.GAVE_UP),
+        ("broken.example", DAY, ReportStatus.RETRY),
+        ("example.com", DAY, ReportStatus.DELIVERED),
+        ("nobody.example", DAY, ReportStatus.NO_RECORD),
+    ]
+    broken = outcomes[1]
+    assert broken.next_attempt == clock.now + 300 and "DNS failure" in (broken.error or "")
+    assert [list(o.items()) for o in objects] == [list(o.as_dict().items()) for o in outcomes]
+    assert objects[0] == {"domain": "bad.example", "day": "2027-01-15", "status": "gave-up",
+                          "error": "mailto:nobody: not a usable mail address: 'nobody'"}  # fmt: skip
+    assert objects[2] == {"domain": "example.com", "day": "2027-01-15", "status": "delivered", "to": collector.uri()}
+    assert objects[3] == {"domain": "nobody.example", "day": "2027-01-15", "status": "no-record"}
+    assert len(collector.hits) == 2  # one report each

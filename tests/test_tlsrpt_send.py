@@ -435,6 +435,18 @@ async def test_submitter_must_match_the_contact_info_domain() -> None:
         ReportSender(submitter_domain="bad domain")
 
 
+def test_the_message_is_built_without_io() -> None:
+    """The §5.3 message is a pure function of the report, the identity, the recipients and the time."""
+    from mtasts.tlsrpt.message import build_message, sender_identity
+
+    report = make_report()
+    submitter, from_address = sender_identity(report, submitter=None, from_address=None)
+    assert (submitter, from_address) == ("sender.example", "tlsrpt@sender.example")
+    message = build_message(report, submitter, from_address, ["tlsrpt@reports.example"], 1_800_000_000.0)
+    assert_report_message(message, report, to="tlsrpt@reports.example")
+    assert parse(message)["Date"] == "Fri, 15 Jan 2027 08:00:00 +0000"
+
+
 # -- discovery (§3) ----------------------------------------------------------------------------------------------
 
 

@@ -1,21 +1,77 @@
 """TLS reporting (RFC 8460): the ``_smtp._tls`` record, session recording, daily reports and their delivery.
 
-See docs/tlsrpt.md. Delivery (:mod:`mtasts.tlsrpt.send`) is imported on first use: it needs aiohttp, and
-aiosmtplib for ``mailto:`` reports.
+See docs/tlsrpt.md. One module per concept, the pure ones first:
+
+* :mod:`~mtasts.tlsrpt.record` — the ``_smtp._tls`` TXT record (§3);
+* :mod:`~mtasts.tlsrpt.report` — the §4.4 JSON report, its §5.1 file name and §5.2 gzip;
+* :mod:`~mtasts.tlsrpt.message` — the §5.3 ``multipart/report`` mail message and its headers;
+* :mod:`~mtasts.tlsrpt.retry` — the §5.5 retry schedule;
+* :mod:`~mtasts.tlsrpt.recorder` — counting sessions (§4) and sending what is due, persisted in a store;
+* :mod:`~mtasts.tlsrpt.transport` — rua discovery (§3), HTTPS (§5.4) and mail (§5.3) delivery.
+
+The transport (and the message module, which it uses) is imported on first use of one of its names: it needs
+aiohttp, and aiosmtplib for ``mailto:`` reports sent directly. (:mod:`mtasts.tlsrpt.send` re-exports the
+delivery names under their old home.)
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .record import TlsRptRecord, TlsRptRecordError, parse_tlsrpt_record, select_tlsrpt_record
-from .recorder import TLSReporter
+from .recorder import FailureKey, PolicyKey, ReportOutcome, ReportStatus, TLSReporter
 from .report import Report, build_report
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .message import MEDIA_TYPE, build_message
+    from .transport import ReportSender, RuaDiscovery, RuaStatus, SendAttempt, SendResult, discover_rua
+
+_LAZY = {
+    "MEDIA_TYPE": "message",
+    "build_message": "message",
+    "ReportSender": "transport",
+    "RuaDiscovery": "transport",
+    "RuaStatus": "transport",
+    "SendAttempt": "transport",
+    "SendResult": "transport",
+    "discover_rua": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtasts.tlsrpt' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
+    "MEDIA_TYPE",
+    "FailureKey",
+    "PolicyKey",
     "Report",
+    "ReportOutcome",
+    "ReportSender",
+    "ReportStatus",
+    "RetryPolicy",
+    "RuaDiscovery",
+    "RuaStatus",
+    "SendAttempt",
+    "SendResult",
     "TLSReporter",
     "TlsRptRecord",
     "TlsRptRecordError",
+    "build_message",
     "build_report",
+    "discover_rua",
     "parse_tlsrpt_record",
     "select_tlsrpt_record",
 ]

@@ -16,6 +16,11 @@ Counting rules (docs/decisions.md):
   (``sts-policy-fetch-error``, ``sts-webpki-invalid``, ``sts-policy-invalid``) under the cached policy, or under
   ``no-policy-found`` when nothing was cached — with no MX or IP fields, which are then left out;
 * report deliveries themselves are never recorded (RFC 8460 §3 SHOULD NOT).
+
+A counter's key names the §4.4 fields it stands for: :class:`PolicyKey` (the ``policy`` object) and
+:class:`FailureKey` (a ``failure-details`` entry without its count). :meth:`TLSReporter.send_due_outcomes` says
+what it did with each due report as a :class:`ReportOutcome` (a :class:`ReportStatus` and its details);
+:meth:`TLSReporter.send_due` gives the same as the JSON objects ``mtasts tlsrpt send`` prints.
 """
 
 from __future__ import annotations
@@ -23,36 +28,136 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import functools
 import ipaddress
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..domain import normalize_domain
 from ..errors import UsageError
 from ..policy import Mode, Policy
 from .report import DETAIL_FIELDS, Report, build_report
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ..delivery import Attempt
     from ..resolver import FetchFailure, PolicyResolver
     from ..stores import PolicyStore
+    from .transport import ReportSender, RuaDiscovery
 
-__all__ = ["TLSReporter"]
+__all__ = ["FailureKey", "PolicyKey", "ReportOutcome", "ReportStatus", "TLSReporter"]
 
 log = logging.getLogger("mtasts.tlsrpt")
 
 _EPOCH = datetime.date(1970, 1, 1)
 _NO_POLICY = "no-policy-found"
 
-# A policy key: (policy-type, policy-domain, policy-string lines, mx-host patterns)
-PolicyKey = tuple[str, str, tuple[str, ...], tuple[str, ...]]
-# A failure key: the RFC 8460 §4.4 failure-detail fields, in report.DETAIL_FIELDS order
-FailureKey = tuple[str, str | None, str | None, str | None, str | None, str | None, str | None]
+_CACHED_KEYS = 10_000  # policy and failure keys remembered per reporter (then forgotten, and made again)
+
+
+class PolicyKey(NamedTuple):
+    """The applied policy sessions are counted under: the RFC 8460 §4.4 ``policy`` object (§4.4 "policy-type" ...)."""
+
+    kind: str  # policy-type: "sts", "tlsa" or "no-policy-found"
+    domain: str  # policy-domain (A-labels)
+    strings: tuple[str, ...]  # policy-string: the policy's lines (§4.5)
+    patterns: tuple[str, ...]  # mx-host: the policy's mx patterns
+
+    def as_json(self) -> dict[str, Any]:
+        """The §4.4 ``policy`` object."""
+        return {"policy-type": self.kind, "policy-string": list(self.strings), "policy-domain": self.domain,
+                "mx-host": list(self.patterns)}  # fmt: skip
+
+
+class FailureKey(NamedTuple):
+    """One RFC 8460 §4.4 ``failure-details`` entry without its count; the fields in :data:`DETAIL_FIELDS` order."""
+
+    result_type: str  # §4.3
+    sending_mta_ip: str | None = None
+    receiving_mx_hostname: str | None = None
+    receiving_mx_helo: str | None = None
+    receiving_ip: str | None = None
+    additional_information: str | None = None
+    failure_reason_code: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        """The §4.4 field names and values (None for a field that is not known)."""
+        return dict(zip(DETAIL_FIELDS, self, strict=True))
+
+
+# What record() is given for a failure, in FailureKey order before normalization: it finds the FailureKey made
+# for the same values before, so a repeated failure costs one dict lookup.
+_FailureInput = tuple[str, str | None, str | None, str | None, str | None, str | None, str | None]
+
+# A counter's key: (UTC day number, policy, failure or None for a successful session). A plain tuple: one is made
+# per recorded session, and a NamedTuple costs several times more to make; read by unpacking it into names.
 CountKey = tuple[int, PolicyKey, FailureKey | None]
+
+
+class ReportStatus(enum.StrEnum):
+    """What :meth:`TLSReporter.send_due_outcomes` did with one due report (RFC 8460 §3, §5.5)."""
+
+    DELIVERED = "delivered"  # a rua endpoint accepted it (§3: the first that accepts ends it)
+    RETRY = "retry"  # not delivered: tried again from next_attempt on (§5.5 exponential backoff)
+    GAVE_UP = "gave-up"  # every endpoint failed for good, or the §5.5 24 hours are over
+    NO_RECORD = "no-record"  # no (valid) _smtp._tls record: the domain wants no reports (§3); counts dropped
+    EMPTY = "empty"  # no sessions were left to report for that day and domain
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    """One due report (one Policy Domain, one UTC day, §4.1) and what :meth:`TLSReporter.send_due_outcomes` did.
+
+    ``to``: the URI that accepted it (DELIVERED). ``error``: why it was not delivered (RETRY, GAVE_UP).
+    ``next_attempt``: when it is tried again (RETRY; epoch seconds).
+    """
+
+    domain: str
+    day: datetime.date
+    status: ReportStatus
+    to: str | None = None
+    error: str | None = None
+    next_attempt: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object ``mtasts tlsrpt send`` prints: ``domain``, ``day`` (ISO date), ``status``, then ``to``,
+        ``error`` and ``next_attempt`` when they are set."""
+        result: dict[str, Any] = {"domain": self.domain, "day": self.day.isoformat(), "status": self.status.value}
+        if self.to is not None:
+            result["to"] = self.to
+        if self.error is not None:
+            result["error"] = self.error
+        if self.next_attempt is not None:
+            result["next_attempt"] = self.next_attempt
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """A report's delivery state, as kept in the store (``get_report_state`` / ``put_report_state``) as JSON:
+    ``{"first": t, "attempts": n, "next": t}`` while it is retried, ``{"done": true, "status": ...}`` after."""
+
+    done: bool = False  # delivered, unwanted or given up: never sent again
+    first: float | None = None  # when the first attempt was made (§5.5 counts the 24 hours from it)
+    attempts: int = 0  # failed attempts so far
+    next: float = 0  # not tried before this time
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        return cls(bool(state.get("done")), state.get("first"), state.get("attempts", 0), state.get("next", 0))
+
+
+@dataclass
+class _Tally:
+    """The sessions of one applied policy in one report: successes, and each failure detail's count."""
+
+    successes: int = 0
+    failures: dict[FailureKey, int] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,22 +179,38 @@ def day_of(number: int) -> datetime.date:
     return _EPOCH + datetime.timedelta(days=number)
 
 
+def _day(key: CountKey) -> int:
+    """The UTC day number a counter counts for."""
+    day, _, _ = key
+    return day
+
+
+def _domain(key: CountKey) -> str:
+    """The Policy Domain a counter counts for."""
+    _, policy, _ = key
+    return policy.domain
+
+
 def _encode_key(policy: PolicyKey, failure: FailureKey | None) -> str:
     """The store's counter key: JSON, so any store (and a human) can read it."""
-    kind, domain, strings, patterns = policy
-    return json.dumps([[kind, domain, list(strings), list(patterns)], list(failure) if failure else None])
+    return json.dumps(
+        [[policy.kind, policy.domain, list(policy.strings), list(policy.patterns)], list(failure) if failure else None]
+    )
 
 
 def _decode_key(text: str) -> tuple[PolicyKey, FailureKey | None] | None:
+    """The (policy, failure) of a store counter key (:func:`_encode_key`); None for a key that is not one."""
     try:
         (kind, domain, strings, patterns), failure = json.loads(text)
-        policy: PolicyKey = (str(kind), str(domain), tuple(map(str, strings)), tuple(map(str, patterns)))
+        policy = PolicyKey(str(kind), str(domain), tuple(map(str, strings)), tuple(map(str, patterns)))
         if failure is None:
             return policy, None
-        if len(failure) != 7 or not isinstance(failure[0], str):
+        if len(failure) != len(FailureKey._fields):
             return None
-        detail = tuple(None if f is None else str(f) for f in failure)
-        return policy, (str(failure[0]), *detail[1:])  # type: ignore[return-value]
+        result_type, *details = failure
+        if not isinstance(result_type, str):
+            return None
+        return policy, FailureKey(result_type, *(None if value is None else str(value) for value in details))
     except (ValueError, TypeError):
         return None
 
@@ -127,6 +248,7 @@ class TLSReporter:
         self._counts: dict[CountKey, int] = {}  # everything known: restored + recorded
         self._pending: dict[CountKey, int] = {}  # recorded since the last flush
         self._policy_keys: dict[tuple[str, Policy | None, bool], PolicyKey] = {}
+        self._failure_keys: dict[_FailureInput, FailureKey] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._overflow_logged = False
         self._memory_states: dict[tuple[int, str], dict[str, Any]] = {}  # report delivery state, without a store
@@ -155,9 +277,11 @@ class TLSReporter:
         if result_type is not None:
             if policy is not None and policy.mode is Mode.NONE and not dane:
                 return  # RFC 8461 §6: nothing under mode none is a reportable failure
-            host = mx_host.lower().removesuffix(".") if mx_host else None
-            failure = (result_type, _ip(sending_ip), host, receiving_mx_helo, _ip(receiving_ip),
-                       additional_information, failure_reason_code)  # fmt: skip
+            given = (result_type, sending_ip, mx_host, receiving_mx_helo, receiving_ip, additional_information,
+                     failure_reason_code)  # fmt: skip
+            failure = self._failure_keys.get(given)
+            if failure is None:
+                failure = self._new_failure_key(given)
         key = (int(self._clock() // 86400), policy_key, failure)
         counts = self._pending
         if key in counts:
@@ -171,14 +295,24 @@ class TLSReporter:
     def _new_policy_key(self, policy_domain: str, policy: Policy | None, dane: bool) -> PolicyKey:
         domain = normalize_domain(policy_domain)
         if dane:
-            key: PolicyKey = ("tlsa", domain, (), ())
+            key = PolicyKey("tlsa", domain, (), ())
         elif policy is None or policy.mode is Mode.NONE:
-            key = (_NO_POLICY, domain, (), ())
+            key = PolicyKey(_NO_POLICY, domain, (), ())
         else:
-            key = ("sts", domain, tuple(policy.lines()), policy.mx)
-        if len(self._policy_keys) > 10_000:
+            key = PolicyKey("sts", domain, tuple(policy.lines()), policy.mx)
+        if len(self._policy_keys) > _CACHED_KEYS:
             self._policy_keys.clear()
         self._policy_keys[(policy_domain, policy, dane)] = key
+        return key
+
+    def _new_failure_key(self, given: _FailureInput) -> FailureKey:
+        """§4.4's form of a failure: the MX name lowercase without the root dot, IPv6 in RFC 5952 form."""
+        result_type, sending_ip, mx_host, helo, receiving_ip, information, reason = given
+        host = mx_host.lower().removesuffix(".") if mx_host else None
+        key = FailureKey(result_type, _ip(sending_ip), host, helo, _ip(receiving_ip), information, reason)
+        if len(self._failure_keys) > _CACHED_KEYS:
+            self._failure_keys.clear()
+        self._failure_keys[given] = key
         return key
 
     def _overflow(self, key: CountKey) -> None:
@@ -187,7 +321,7 @@ class TLSReporter:
             log.warning("TLS-RPT: more than %d distinct counters; details are being merged", self._max_counters)
             self._overflow_logged = True
         day, policy_key, failure = key
-        coarse = (day, policy_key, (failure[0], None, None, None, None, None, None) if failure else None)
+        coarse = (day, policy_key, FailureKey(failure.result_type) if failure else None)
         self._pending[coarse] = self._pending.get(coarse, 0) + 1
 
     def record_attempt(self, attempt: Attempt) -> None:
@@ -246,7 +380,8 @@ class TLSReporter:
         for day, _, text, count in await self._store.session_counts():
             decoded = _decode_key(text)
             if decoded is not None:
-                key = (day, *decoded)
+                policy, failure = decoded
+                key = (day, policy, failure)
                 self._counts[key] = self._counts.get(key, 0) + count
 
     async def flush(self) -> bool:
@@ -256,7 +391,7 @@ class TLSReporter:
             self._counts[key] = self._counts.get(key, 0) + count
         if self._store is None or not pending:
             return True
-        rows = [(day, policy[1], _encode_key(policy, failure), n) for (day, policy, failure), n in pending.items()]
+        rows = [(day, policy.domain, _encode_key(policy, failure), n) for (day, policy, failure), n in pending.items()]
         try:
             await self._store.add_session_counts(rows)
         except Exception as exc:  # a store outage: keep the increments, try again at the next flush
@@ -285,7 +420,8 @@ class TLSReporter:
         merged: dict[CountKey, int] = dict(self._counts)
         for key, count in self._pending.items():
             merged[key] = merged.get(key, 0) + count
-        return self._reports(day, ((k, n) for k, n in merged.items() if k[0] == day_number(day)))
+        wanted = day_number(day)
+        return self._reports(day, ((key, count) for key, count in merged.items() if _day(key) == wanted))
 
     async def collect_reports(self, day: datetime.date) -> list[Report]:
         """Like :meth:`build_reports`, from the store: every process's sessions (after flushing ours)."""
@@ -296,28 +432,30 @@ class TLSReporter:
         for number, _, text, count in await self._store.session_counts(day_number(day)):
             decoded = _decode_key(text)
             if decoded is not None:
-                key = (number, *decoded)
+                policy, failure = decoded
+                key = (number, policy, failure)
                 counts[key] = counts.get(key, 0) + count
         return self._reports(day, counts.items())
 
     def _reports(self, day: datetime.date, counts: Iterable[tuple[CountKey, int]]) -> list[Report]:
-        by_domain: dict[str, dict[PolicyKey, tuple[list[int], dict[FailureKey, int]]]] = {}
+        by_domain: dict[str, dict[PolicyKey, _Tally]] = {}
         for (_, policy, failure), count in counts:
             if count <= 0:
                 continue
-            successes, failures = by_domain.setdefault(policy[1], {}).setdefault(policy, ([0], {}))
+            tallies = by_domain.setdefault(policy.domain, {})
+            tally = tallies.get(policy)
+            if tally is None:
+                tally = tallies[policy] = _Tally()
             if failure is None:
-                successes[0] += count
+                tally.successes += count
             else:
-                failures[failure] = failures.get(failure, 0) + count
+                tally.failures[failure] = tally.failures.get(failure, 0) + count
         reports = []
         for domain in sorted(by_domain):
-            policies = []
-            for (kind, policy_domain, strings, patterns), (successes, failures) in by_domain[domain].items():
-                policy_json = {"policy-type": kind, "policy-string": list(strings), "policy-domain": policy_domain,
-                               "mx-host": list(patterns)}  # fmt: skip
-                details = [(dict(zip(DETAIL_FIELDS, failure, strict=True)), n) for failure, n in failures.items()]
-                policies.append((policy_json, successes[0], details))
+            policies = [
+                (policy.as_json(), tally.successes, [(failure.as_json(), n) for failure, n in tally.failures.items()])
+                for policy, tally in by_domain[domain].items()
+            ]
             reports.append(
                 build_report(
                     organization_name=self.organization_name,
@@ -333,13 +471,20 @@ class TLSReporter:
     # -- delivery ------------------------------------------------------------------------------------------------
 
     async def send_due(
-        self, resolver: PolicyResolver, *, sender: Any = None, retry: Any = None
+        self, resolver: PolicyResolver, *, sender: ReportSender | None = None, retry: RetryPolicy | None = None
     ) -> list[dict[str, Any]]:
+        """:meth:`send_due_outcomes`, each outcome as the JSON object ``mtasts tlsrpt send`` prints
+        (:meth:`ReportOutcome.as_dict`: ``domain``, ``day``, ``status``, ...)."""
+        return [outcome.as_dict() for outcome in await self.send_due_outcomes(resolver, sender=sender, retry=retry)]
+
+    async def send_due_outcomes(
+        self, resolver: PolicyResolver, *, sender: ReportSender | None = None, retry: RetryPolicy | None = None
+    ) -> list[ReportOutcome]:
         """Deliver every report that is due: each complete UTC day, ``send_delay`` after its end (§4.1 "after some
-        delay"), to the ``rua`` of the domain's ``_smtp._tls`` record, retrying with exponential back-off for up
-        to 24 hours (§5.5). Returns one outcome per report considered (``domain``, ``day``, ``status``, ...).
+        delay"), to the ``rua`` of the domain's ``_smtp._tls`` record (§3), retrying with exponential back-off for up
+        to 24 hours (§5.5, ``retry``). Returns one :class:`ReportOutcome` per report considered.
         """
-        from .send import ReportSender, RetryPolicy, discover_rua  # noqa: PLC0415 - needs aiohttp / aiosmtplib
+        from .transport import ReportSender, discover_rua  # noqa: PLC0415 - needs aiohttp (and aiosmtplib for mail)
 
         sender = sender or ReportSender(resolver=resolver, submitter_domain=self.submitter_domain,
                                         from_address=self.contact_info)  # fmt: skip
@@ -349,58 +494,59 @@ class TLSReporter:
         await self.flush()
         keys = await self._store.session_counts() if self._store is not None else None
         pairs = (
-            {(day, policy[1]) for day, policy, _ in self._counts} if keys is None else {(d, s) for d, s, _, _ in keys}
+            {(day, policy.domain) for day, policy, _ in self._counts}
+            if keys is None
+            else {(day, domain) for day, domain, _, _ in keys}
         )
         outcomes = []
         for day, domain in sorted(pairs):
             if day >= today or now < (day + 1) * 86400 + self._send_delay:
                 continue
-            state = await self._load_state(day, domain)
-            if state.get("done") or now < state.get("next", 0):
+            progress = _Progress.from_state(await self._load_state(day, domain))
+            if progress.done or now < progress.next:
                 continue
             found = await discover_rua(resolver.dns_resolver, domain)
-            outcome = await self._send_one(day, domain, state, now, found, sender, retry)
-            outcomes.append(outcome)
+            outcomes.append(await self._send_one(day, domain, progress, now, found, sender, retry))
         return outcomes
 
     async def _send_one(  # noqa: PLR0917 - one report's whole context
-        self, day: int, domain: str, state: dict[str, Any], now: float, found: Any, sender: Any, retry: Any
-    ) -> dict[str, Any]:
-        outcome: dict[str, Any] = {"domain": domain, "day": day_of(day).isoformat()}
-        if found.record is None and found.error is None:
-            outcome["status"] = "no-record"  # the domain wants no reports: nothing to keep
-            await self._finish(day, domain, {"done": True, "status": "no-record"})
-            return outcome
+        self,
+        day: int,
+        domain: str,
+        progress: _Progress,
+        now: float,
+        found: RuaDiscovery,
+        sender: ReportSender,
+        retry: RetryPolicy,
+    ) -> ReportOutcome:
+        date = day_of(day)
+        if found.record is None and found.error is None:  # the domain wants no reports: nothing to keep
+            await self._finish(day, domain, ReportStatus.NO_RECORD)
+            return ReportOutcome(domain, date, ReportStatus.NO_RECORD)
         if found.record is None:
-            outcome.update(status="retry", error=found.error)
+            error = found.error  # a DNS failure: the rua is unknown now, ask again later
         else:
-            reports = [r for r in await self.collect_reports(day_of(day)) if r.policy_domain == domain]
+            reports = [r for r in await self.collect_reports(date) if r.policy_domain == domain]
             if not reports:
-                outcome["status"] = "empty"
-                await self._finish(day, domain, {"done": True, "status": "empty"})
-                return outcome
+                await self._finish(day, domain, ReportStatus.EMPTY)
+                return ReportOutcome(domain, date, ReportStatus.EMPTY)
             result = await sender.send(reports[0], found.record.rua)
             if result.delivered:
-                outcome.update(status="delivered", to=result.uri)
-                await self._finish(day, domain, {"done": True, "status": "delivered", "to": result.uri})
-                return outcome
-            errors = "; ".join(f"{uri}: {error}" for uri, error in result.errors)
-            outcome.update(status="retry", error=errors)
+                await self._finish(day, domain, ReportStatus.DELIVERED, to=result.uri)
+                return ReportOutcome(domain, date, ReportStatus.DELIVERED, to=result.uri)
+            error = "; ".join(f"{uri}: {reason}" for uri, reason in result.errors)
             if not result.should_retry:  # every endpoint failed for good (malformed URI, 5xx mail...)
-                outcome["status"] = "gave-up"
-                await self._finish(day, domain, {"done": True, "status": "gave-up", "error": errors[:500]})
-                return outcome
-        first = state.get("first", now)
-        attempts = state.get("attempts", 0) + 1
+                await self._finish(day, domain, ReportStatus.GAVE_UP, error=error[:500])
+                return ReportOutcome(domain, date, ReportStatus.GAVE_UP, error=error)
+        first = progress.first if progress.first is not None else now
+        attempts = progress.attempts + 1
         next_at = retry.next_attempt(first, attempts, now)
         if next_at is None:
-            outcome["status"] = "gave-up"
-            log.warning("TLS-RPT: giving up on the %s report for %s after %d attempts", day_of(day), domain, attempts)
-            await self._finish(day, domain, {"done": True, "status": "gave-up"})
-            return outcome
+            log.warning("TLS-RPT: giving up on the %s report for %s after %d attempts", date, domain, attempts)
+            await self._finish(day, domain, ReportStatus.GAVE_UP)
+            return ReportOutcome(domain, date, ReportStatus.GAVE_UP, error=error)
         await self._save_state(day, domain, {"first": first, "attempts": attempts, "next": next_at})
-        outcome["next_attempt"] = next_at
-        return outcome
+        return ReportOutcome(domain, date, ReportStatus.RETRY, error=error, next_attempt=next_at)
 
     async def _load_state(self, day: int, domain: str) -> dict[str, Any]:
         if self._store is None:
@@ -418,10 +564,17 @@ class TLSReporter:
         else:
             await self._store.put_report_state(day, domain, json.dumps(state))
 
-    async def _finish(self, day: int, domain: str, state: dict[str, Any]) -> None:
+    async def _finish(
+        self, day: int, domain: str, status: ReportStatus, *, to: str | None = None, error: str | None = None
+    ) -> None:
         """A report is done (delivered, unwanted, or given up): drop its counters, remember it is done."""
+        state: dict[str, Any] = {"done": True, "status": status.value}
+        if to is not None:
+            state["to"] = to
+        if error is not None:
+            state["error"] = error
         await self._save_state(day, domain, state)
-        for key in [k for k in self._counts if k[0] == day and k[1][1] == domain]:
+        for key in [key for key in self._counts if _day(key) == day and _domain(key) == domain]:
             del self._counts[key]
         if self._store is not None:
             await self._store.delete_session_counts(day, domain)
