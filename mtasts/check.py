@@ -11,7 +11,6 @@ parsed policy or the exact parse error with its line (§3.2), the MX hosts and w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -25,13 +24,14 @@ from ._checks import check_seconds
 from .domain import is_address_literal, normalize_domain
 from .errors import MTASTSError, PolicyError, UsageError
 from .fetch import FetchReport, PolicyFetcher
+from .options import WorldOptions
 from .policy import Mode, Policy, parse_policy
 from .results import MX_NOT_IN_STS_POLICY, ResultType
 from .tls import create_client_context
 from .tlsrpt.record import explain_tlsrpt_records, is_tlsrpt_record
 from .txt import explain_txt_records, is_sts_record
 
-__all__ = ["check_domain", "register_cli"]
+__all__ = ["check_domain", "render", "run"]
 
 
 def _problem(problems: list[dict[str, Any]], detail: str, result_type: str | None = None) -> None:
@@ -249,46 +249,36 @@ async def _probe_all(
     }
 
 
-# -- the command ------------------------------------------------------------------------------------------------
+# -- the command (its flags: mtasts.cli) ----------------------------------------------------------------------
 
 
-def register_cli(commands: Any) -> None:
-    from .cli import add_world_options, port_number, positive_seconds  # noqa: PLC0415 - cli imports this module
-
-    parser = commands.add_parser(
-        "check", help="look a domain's MTA-STS policy up and report every problem (exit 1 if any)"
-    )
-    parser.add_argument("domain")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
-    parser.add_argument("--starttls", action="store_true", help="also check STARTTLS and the certificate of each MX")
-    parser.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
-    parser.add_argument(
-        "--timeout", type=positive_seconds, default=30.0, help="seconds for each network step: DNS, fetch, SMTP"
-    )
-    add_world_options(parser)
-    parser.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .cli import world_from_args  # noqa: PLC0415
-
-    world = world_from_args(args)
+def run(
+    options: WorldOptions,
+    domain: str,
+    *,
+    as_json: bool = False,
+    starttls: bool = False,
+    smtp_port: int = 25,
+    timeout: float = 30.0,
+) -> int:
+    """``mtasts check``: check ``domain`` in the world ``options`` names, print the report; 1 if it has problems."""
+    world = options.resolver_kwargs()
     dns_resolver = world.get("dns_resolver")
     if dns_resolver is not None:  # --timeout bounds every DNS query too
-        dns_resolver.lifetime = args.timeout
-        dns_resolver.timeout = min(dns_resolver.timeout, args.timeout)
+        dns_resolver.lifetime = timeout
+        dns_resolver.timeout = min(dns_resolver.timeout, timeout)
     report = asyncio.run(
         check_domain(
-            args.domain,
-            dns_resolver=world.get("dns_resolver"),
+            domain,
+            dns_resolver=dns_resolver,
             ssl_context=world.get("ssl_context"),
             policy_port=world["policy_port"],
-            starttls=args.starttls,
-            smtp_port=args.smtp_port,
-            timeout=args.timeout,
+            starttls=starttls,
+            smtp_port=smtp_port,
+            timeout=timeout,
         )
     )
-    if args.json:
+    if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render(report, color=sys.stdout.isatty()))

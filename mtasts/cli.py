@@ -6,30 +6,34 @@
     mtasts tlsrpt show|send              TLS-RPT reports (docs/tlsrpt.md)
     mtasts bench [--quick] [--json PATH] the benchmark runner (from a source checkout)
 
-``check`` and ``serve-socketmap`` take the world options ``--nameserver IP[:PORT]``, ``--cafile PEM`` and
-``--policy-port N``, so they run against a :mod:`mtasts.testing` world as well as the internet.
+``check``, ``serve-socketmap`` and ``tlsrpt send`` take the world options ``--nameserver IP[:PORT]``, ``--cafile
+PEM`` and ``--policy-port N`` (:class:`~mtasts.options.WorldOptions`), so they run against a :mod:`mtasts.testing`
+world as well as the internet.
 Exit codes: 0 ok, 1 problems found (``check``) or a failure, 2 usage. A usage error is one line on stderr (and,
 with ``--json``, ``{"error": ..., "exit": 2}`` on stdout); a closed pipe (``mtasts check ... | head -1``) ends
 quietly.
+
+This module owns every subcommand's flags; each command is a plain function of its own module
+(:func:`mtasts.check.run`, :func:`mtasts.socketmap.run`, :mod:`mtasts.tlsrpt.cli`), and none of them imports
+this one.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ipaddress
+import datetime
 import json
 import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import dns.asyncresolver
+from .errors import MTASTSError
+from .options import WorldOptions
 
-from .errors import MTASTSError, UsageError
-from .policy import parse_policy
-from .verdict import evaluate
+if TYPE_CHECKING:
+    from .socketmap import ServerConfig
 
 __all__ = [
     "Parser",
@@ -38,19 +42,12 @@ __all__ = [
     "port_number",
     "positive_count",
     "positive_seconds",
-    "world_from_args",
+    "register_check",
+    "register_serve_socketmap",
+    "register_tlsrpt",
+    "serve_socketmap_config",
+    "world_options",
 ]
-
-#: RFC 8461 §3.2's example policy.
-RFC_EXAMPLE_POLICY = """\
-version: STSv1
-mode: enforce
-mx: mail.example.com
-mx: *.example.net
-mx: backupmx.example.com
-max_age: 604800
-"""
-
 
 # -- argument types: a bad value is a usage error naming the option, never a traceback --------------------------
 
@@ -104,7 +101,7 @@ class Parser(argparse.ArgumentParser):
         raise _UsageExit(self.prog, message)
 
 
-# -- the world options, shared by check and serve-socketmap -----------------------------------------------------
+# -- the world options, shared by check, serve-socketmap and tlsrpt send ---------------------------------------
 
 
 def add_world_options(parser: argparse.ArgumentParser) -> None:
@@ -115,81 +112,164 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy-port", metavar="N", type=port_number, default=443, help="HTTPS port of policy hosts")
 
 
-def parse_nameserver(text: str) -> tuple[str, int]:
-    """``192.0.2.1``, ``192.0.2.1:5353``, ``[2001:db8::1]:5353``, ``2001:db8::1`` → (address, port)."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise UsageError(f"bad --nameserver {text!r}")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, raw_port = text.partition(":")
-        port = int(raw_port)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise UsageError(f"--nameserver needs an IP address, not {host!r}") from None
-    if not 0 < port < 65536:
-        raise UsageError(f"bad port in --nameserver {text!r}")
-    return host, port
+def world_options(args: argparse.Namespace) -> WorldOptions:
+    """The world options :func:`add_world_options` parsed (checked when the command builds its resolver)."""
+    return WorldOptions(nameserver=args.nameserver, cafile=args.cafile, policy_port=args.policy_port)
 
 
-def world_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for :class:`~mtasts.resolver.PolicyResolver` (and the MX TLS context) from the options."""
-    from .tls import create_client_context  # noqa: PLC0415 - loads ssl only when needed
+# -- check ----------------------------------------------------------------------------------------------------------
 
-    kwargs: dict[str, Any] = {"policy_port": args.policy_port}
-    if args.nameserver:
-        try:
-            host, port = parse_nameserver(args.nameserver)
-        except ValueError:
-            raise UsageError(f"bad --nameserver {args.nameserver!r}") from None
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-        resolver.lifetime = 10.0
-        kwargs["dns_resolver"] = resolver
-    if args.cafile:
-        try:
-            kwargs["ssl_context"] = create_client_context(cafile=args.cafile)
-        except OSError as exc:
-            raise UsageError(f"cannot read --cafile {args.cafile}: {exc.strerror or exc}") from None
-    return kwargs
+
+def register_check(commands: Any) -> None:
+    """``mtasts check DOMAIN`` (:func:`mtasts.check.run`)."""
+    parser = commands.add_parser(
+        "check", help="look a domain's MTA-STS policy up and report every problem (exit 1 if any)"
+    )
+    parser.add_argument("domain")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (docs/cli.md)")
+    parser.add_argument("--starttls", action="store_true", help="also check STARTTLS and the certificate of each MX")
+    parser.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, help="seconds for each network step: DNS, fetch, SMTP"
+    )
+    add_world_options(parser)
+    parser.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import check  # noqa: PLC0415 - the async shell loads only for the commands that use it
+
+    return check.run(
+        world_options(args),
+        args.domain,
+        as_json=args.json,
+        starttls=args.starttls,
+        smtp_port=args.smtp_port,
+        timeout=args.timeout,
+    )
+
+
+# -- serve-socketmap ------------------------------------------------------------------------------------------------
+
+
+def register_serve_socketmap(commands: Any) -> None:
+    """``mtasts serve-socketmap`` (:func:`mtasts.socketmap.run`); flags override the configuration file."""
+    from .resolver import DNS_ERROR_MODES  # noqa: PLC0415 - the async shell loads only when a parser is built
+    from .socketmap.config import LOG_LEVELS  # noqa: PLC0415
+
+    parser = commands.add_parser(
+        "serve-socketmap",
+        help="a Postfix socketmap server for smtp_tls_policy_maps (docs/postfix.md)",
+        description="Answer Postfix's smtp_tls_policy_maps lookups from MTA-STS policies. "
+        "Flags override the configuration file.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:8461; [::1]:8461)")
+    where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
+    parser.add_argument("--config", metavar="FILE.toml", help="configuration file (keys: docs/postfix.md)")
+    parser.add_argument("--store", metavar="SPEC", help="memory | sqlite (default) | sqlite:PATH | redis://...")
+    parser.add_argument(
+        "--cache-size", metavar="N", type=positive_count, help="policies kept in memory (default 100000)"
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    parser.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=positive_count,
+        help="client connections open at most (default: from the limit)",
+    )
+    parser.add_argument(
+        "--dns-error",
+        choices=DNS_ERROR_MODES,
+        help="a failed _mta-sts TXT query with nothing cached: no-policy (default, RFC 8461) or defer (TEMP)",
+    )
+    add_world_options(parser)
+    parser.set_defaults(handler=_serve_socketmap, policy_port=None)  # None: not given, the file or the default applies
+
+
+def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
+    """The configuration file (if any) with the command line's flags on top."""
+    from .socketmap import ServerConfig, load_config, override  # noqa: PLC0415
+
+    config = load_config(args.config) if args.config else ServerConfig()
+    return override(
+        config,
+        listen=args.listen,
+        unix=args.unix,
+        store=args.store,
+        cache_size=args.cache_size,
+        log_level=args.log_level,
+        nameserver=args.nameserver,
+        cafile=args.cafile,
+        policy_port=args.policy_port,
+        max_connections=args.max_connections,
+        dns_error=args.dns_error,
+    )
+
+
+def _serve_socketmap(args: argparse.Namespace) -> int:
+    from . import socketmap  # noqa: PLC0415
+
+    return socketmap.run(serve_socketmap_config(args))
+
+
+# -- tlsrpt show | send ---------------------------------------------------------------------------------------------
+
+
+def register_tlsrpt(commands: Any) -> None:
+    """``mtasts tlsrpt show`` and ``mtasts tlsrpt send`` (:mod:`mtasts.tlsrpt.cli`)."""
+    parser = commands.add_parser("tlsrpt", help="TLS-RPT (RFC 8460) reports: show them, send them")
+    actions = parser.add_subparsers(dest="tlsrpt_command", required=True)
+    for name, help_text in [
+        ("show", "print the reports of a day (default yesterday, UTC) from the store"),
+        ("send", "send every report that is due (to each domain's _smtp._tls rua), with retries"),
+    ]:
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument(
+            "--store",
+            default="sqlite",
+            metavar="SPEC",
+            help="where sessions were recorded: sqlite, sqlite:PATH, redis://",
+        )
+        action.add_argument("--organization", default="mtasts", help="organization-name of the reports")
+        action.add_argument("--contact", help="contact-info: an address at the submitting domain "
+                            "(default postmaster@ this host's name)")  # fmt: skip
+        if name == "show":
+            action.add_argument("--day", type=datetime.date.fromisoformat, help="YYYY-MM-DD (UTC)")
+            action.add_argument("--json", action="store_true", help="the report objects only, as a JSON list")
+        else:
+            add_world_options(action)
+            action.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
+        action.set_defaults(handler=_tlsrpt_show if name == "show" else _tlsrpt_send)
+
+
+def _tlsrpt_show(args: argparse.Namespace) -> int:
+    from .tlsrpt import cli  # noqa: PLC0415
+
+    return cli.show(
+        store=args.store, organization=args.organization, contact=args.contact, day=args.day, as_json=args.json
+    )
+
+
+def _tlsrpt_send(args: argparse.Namespace) -> int:
+    from .tlsrpt import cli  # noqa: PLC0415
+
+    return cli.send(
+        world_options(args),
+        store=args.store,
+        organization=args.organization,
+        contact=args.contact,
+        smtp_port=args.smtp_port,
+    )
 
 
 # -- demo ---------------------------------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if not args.static:
-        from .demo import run_demo  # noqa: PLC0415 - the live demo loads the async shell
+    from . import demo  # noqa: PLC0415
 
-        return asyncio.run(run_demo())
-    policy = parse_policy(RFC_EXAMPLE_POLICY)
-    print("RFC 8461 §3.2 example policy:")
-    for line in policy.lines():
-        print(f"    {line}")
-    print()
-    cases: list[tuple[str, str | None]] = [
-        ("mail.example.com", None),
-        ("MX1.example.net.", None),
-        ("a.b.example.net", None),
-        ("example.net", None),
-        ("backupmx.example.com", "certificate-expired"),
-        ("mail.example.com", "starttls-not-supported"),
-    ]
-    header = f"{'MX host':<24} {'TLS session':<24} {'deliver':<8} {'require TLS':<12} result type"
-    print(header)
-    print("-" * len(header))
-    for host, failure in cases:
-        verdict = evaluate(policy, host, tls_failure=failure)
-        print(
-            f"{host:<24} {failure or 'validated':<24} {'yes' if verdict.deliver else 'NO':<8} "
-            f"{'yes' if verdict.require_tls else 'no':<12} {verdict.result_type or '-'}"
-        )
-    return 0
+    return demo.run(static=args.static)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -202,16 +282,6 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         argv += ["--json", args.json]
     return bench_main(argv)
-
-
-def _register_optional(commands: Any) -> None:
-    """Subcommands that live in their own modules."""
-    from . import check, socketmap  # noqa: PLC0415
-    from .tlsrpt import cli as tlsrpt_cli  # noqa: PLC0415
-
-    check.register_cli(commands)
-    socketmap.register_cli(commands)
-    tlsrpt_cli.register_cli(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +316,9 @@ def _main(arguments: list[str]) -> int:
     bench.add_argument("--quick", action="store_true", help="a run of under two minutes")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.set_defaults(handler=_bench)
-    _register_optional(commands)
+    register_check(commands)
+    register_serve_socketmap(commands)
+    register_tlsrpt(commands)
     try:
         args = parser.parse_args(arguments)
     except _UsageExit as exc:

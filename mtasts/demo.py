@@ -1,18 +1,70 @@
 """``mtasts demo``: a loopback world with a handful of domains, and a table of what mtasts makes of each.
 
 Everything runs offline: a DNS server and an HTTPS policy server on 127.0.0.1 (:mod:`mtasts.testing`), and a
-real :class:`~mtasts.resolver.PolicyResolver` pointed at them.
+real :class:`~mtasts.resolver.PolicyResolver` pointed at them. ``--static`` (:func:`static_demo`) only evaluates
+the RFC's example policy, with the sans-I/O core: no server, and this module imports no part of the async shell
+until the live demo runs.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .resolver import LookupStatus, PolicyLookup, PolicyResolver
+from .policy import parse_policy
 from .verdict import Verdict, evaluate
 
-__all__ = ["run_demo"]
+if TYPE_CHECKING:
+    from .resolver import PolicyLookup, PolicyResolver
+
+__all__ = ["RFC_EXAMPLE_POLICY", "run", "run_demo", "static_demo"]
+
+#: RFC 8461 §3.2's example policy.
+RFC_EXAMPLE_POLICY = """\
+version: STSv1
+mode: enforce
+mx: mail.example.com
+mx: *.example.net
+mx: backupmx.example.com
+max_age: 604800
+"""
+
+
+def run(*, static: bool = False) -> int:
+    """``mtasts demo [--static]``; returns the exit status."""
+    if static:
+        return static_demo()
+    import asyncio  # noqa: PLC0415 - the live demo loads the async shell
+
+    return asyncio.run(run_demo())
+
+
+def static_demo() -> int:
+    """Print the RFC's example policy and the verdicts for a few MX hosts and TLS outcomes."""
+    policy = parse_policy(RFC_EXAMPLE_POLICY)
+    print("RFC 8461 §3.2 example policy:")
+    for line in policy.lines():
+        print(f"    {line}")
+    print()
+    cases: list[tuple[str, str | None]] = [
+        ("mail.example.com", None),
+        ("MX1.example.net.", None),
+        ("a.b.example.net", None),
+        ("example.net", None),
+        ("backupmx.example.com", "certificate-expired"),
+        ("mail.example.com", "starttls-not-supported"),
+    ]
+    header = f"{'MX host':<24} {'TLS session':<24} {'deliver':<8} {'require TLS':<12} result type"
+    print(header)
+    print("-" * len(header))
+    for host, failure in cases:
+        verdict = evaluate(policy, host, tls_failure=failure)
+        print(
+            f"{host:<24} {failure or 'validated':<24} {'yes' if verdict.deliver else 'NO':<8} "
+            f"{'yes' if verdict.require_tls else 'no':<12} {verdict.result_type or '-'}"
+        )
+    return 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +137,8 @@ async def run_demo(rounds: int = 20_000) -> int:
 
 
 async def _row(resolver: PolicyResolver, case: _Case, rounds: int) -> tuple[str, ...]:
+    from .resolver import LookupStatus  # noqa: PLC0415 - the async shell, loaded only by the live demo
+
     start = time.perf_counter()
     lookup = await resolver.lookup(case.domain)
     cold = time.perf_counter() - start

@@ -581,19 +581,19 @@ def test_parse_listen_bad(text: str) -> None:
 def test_cli_flags_override_the_file(tmp_path: Path) -> None:
     import argparse
 
-    from mtasts.socketmap import config_from_args, register_cli
+    from mtasts.cli import register_serve_socketmap, serve_socketmap_config
 
     path = tmp_path / "mtasts.toml"
     path.write_text('unix = "/run/x.sock"\nstore = "memory"\npolicy_port = 8443\ncache_size = 7\n')
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    register_serve_socketmap(parser.add_subparsers())
     args = parser.parse_args(["serve-socketmap", "--config", str(path), "--listen", "[::1]:9", "--cache-size", "9"])
-    config = config_from_args(args)
+    config = serve_socketmap_config(args)
     assert (config.host, config.port, config.unix_path) == ("::1", 9, None)
     assert (config.store, config.cache_size, config.policy_port) == ("memory", 9, 8443)
     args = parser.parse_args(["serve-socketmap", "--policy-port", "443", "--config", str(path)])
-    assert config_from_args(args).policy_port == 443
-    assert config_from_args(parser.parse_args(["serve-socketmap"])) == ServerConfig()
+    assert serve_socketmap_config(args).policy_port == 443
+    assert serve_socketmap_config(parser.parse_args(["serve-socketmap"])) == ServerConfig()
 
 
 def test_cli_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

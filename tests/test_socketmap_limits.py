@@ -284,15 +284,19 @@ def test_bad_new_keys(tmp_path: Path, text: str, message: str) -> None:
 def test_cli_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from mtasts.socketmap import config_from_args, register_cli
+    from mtasts.cli import register_serve_socketmap, serve_socketmap_config
 
     path = tmp_path / "mtasts.toml"
     path.write_text('max_connections = 7\ndns_error = "defer"\n')
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
-    config = config_from_args(parser.parse_args(["serve-socketmap", "--max-connections", "50", "--dns-error", "defer"]))
+    register_serve_socketmap(parser.add_subparsers())
+    config = serve_socketmap_config(
+        parser.parse_args(["serve-socketmap", "--max-connections", "50", "--dns-error", "defer"])
+    )
     assert (config.max_connections, config.dns_error) == (50, "defer")
-    config = config_from_args(parser.parse_args(["serve-socketmap", "--config", str(path), "--dns-error", "no-policy"]))
+    config = serve_socketmap_config(
+        parser.parse_args(["serve-socketmap", "--config", str(path), "--dns-error", "no-policy"])
+    )
     assert (config.max_connections, config.dns_error) == (7, "no-policy")
     with pytest.raises(SystemExit):
         parser.parse_args(["serve-socketmap", "--dns-error", "sometimes"])

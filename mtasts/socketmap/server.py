@@ -1,0 +1,588 @@
+"""The socketmap server: the asyncio protocol around the answers of :mod:`mtasts.socketmap.answers`.
+
+Connections carry pipelined requests, answered concurrently and replied to in order, with back-pressure; the
+server bounds its connections (``max_connections``, the first-request and idle timeouts) and closes idle ones
+to make room. A request the cache can answer is answered without a task (:meth:`SocketmapServer._quick`, the
+hot path: ``python -m benchmarks.instructions --only socketmap`` counts its instructions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+
+from .._checks import check_count, check_seconds
+from ..domain import normalize_domain
+from ..errors import DomainError, MTASTSError, UsageError
+from ..netstring import NetstringDecoder, NetstringError
+from ..options import format_host_port
+from ..policy import Policy
+from ..resolver import NOT_CACHED, LookupStatus, PolicyResolver
+from .answers import (
+    NOTFOUND_NETSTRING,
+    PERM_REQUEST_NETSTRING,
+    TEMP_DNS_NETSTRING,
+    TEMP_INTERNAL_NETSTRING,
+    TEMP_LOCAL_NETSTRING,
+    TEMP_PENDING_NETSTRING,
+    parse_key,
+    policy_reply,
+)
+
+__all__ = ["SocketmapServer"]
+
+log = logging.getLogger("mtasts.socketmap")  # the package's logger: one name for every part of the server
+
+_REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
+_LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
+
+
+@dataclass(slots=True)
+class _LimitLog:
+    """What the connection-limit WARNING will report: evictions and rejections since it was last logged."""
+
+    counts: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # evicted, rejected
+    logged_at: float = -math.inf
+    timer: asyncio.TimerHandle | None = None
+
+
+class SocketmapServer:
+    """Postfix's socketmap protocol over TCP or a Unix socket, answered by a :class:`PolicyResolver`.
+
+    Connections carry any number of requests, pipelined: each is answered as soon as it can be (a cache hit
+    at once, a cold lookup when it ends) but replies are written in request order. At most ``max_pipeline``
+    replies wait per connection; beyond that the connection is not read (back-pressure). A malformed
+    netstring or one over ``max_request`` bytes closes that connection (after the replies already owed).
+    A connection without a complete request ``first_request_timeout`` seconds after it opened is closed; after
+    its first request, one idle for ``idle_timeout`` seconds is.
+
+    At most ``max_connections`` connections are open. A new one beyond that closes an idle one to make room —
+    the oldest that never sent a request, else the one idle the longest (nothing owed, nothing waiting); a
+    connection with work in flight never is. When every one is busy, the new connection is closed at once
+    (Postfix takes the failed lookup as a temporary error and defers). asyncio accepts up to ``accept_batch``
+    connections at once — each a descriptor before it is counted — while the kernel's listen queue is longer
+    (``listen_queue``, capped by ``net.core.somaxconn``) and costs no descriptor.
+
+    Counters: ``requests``, ``connections`` (admitted), ``rejected`` (closed at once: no room), ``evicted``
+    (idle connections closed to make room), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP
+    answers after ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local
+    fault, or a DNS failure under ``dns_error = "defer"``).
+    """
+
+    def __init__(
+        self,
+        resolver: PolicyResolver,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8461,
+        unix_path: str | None = None,
+        unix_mode: int | None = None,
+        max_request: int = 1024,
+        request_timeout: float = 30.0,
+        max_pipeline: int = 256,
+        idle_timeout: float = 600.0,
+        max_connections: int = 1000,
+        first_request_timeout: float = 5.0,
+        accept_batch: int = 100,
+        listen_queue: int = 4096,
+    ) -> None:
+        for name, count in [
+            ("max_request", max_request),
+            ("max_pipeline", max_pipeline),
+            ("max_connections", max_connections),
+            ("accept_batch", accept_batch),
+            ("listen_queue", listen_queue),
+        ]:
+            check_count(name, count)
+        for name, seconds in [
+            ("request_timeout", request_timeout),
+            ("idle_timeout", idle_timeout),
+            ("first_request_timeout", first_request_timeout),
+        ]:
+            check_seconds(name, seconds, positive=True)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            raise UsageError(f"port must be 0 to 65535, not {port!r}")
+        self.resolver = resolver
+        # The resolver's hot path, read once (PolicyResolver sets it per instance, a closure shadowing the method).
+        # Called through a local (_quick_unguarded): CPython 3.11 specialises no method lookup that finds an
+        # instance attribute, as self.resolver.cached_policy(...) and self._cached_policy(...) both would be —
+        # ~150 instructions more per answer, measured with python -m benchmarks.instructions.
+        self._cached_policy = resolver.cached_policy
+        self.host = host
+        self._port = port
+        self.unix_path = unix_path
+        self.unix_mode = unix_mode
+        self.max_request = max_request
+        self.request_timeout = float(request_timeout)
+        self.max_pipeline = max_pipeline
+        self.idle_timeout = float(idle_timeout)
+        self.max_connections = max_connections
+        self.first_request_timeout = float(first_request_timeout)
+        self.accept_batch = accept_batch
+        self.listen_queue = max(listen_queue, accept_batch)
+        self.requests = 0
+        self.connections = 0
+        self.rejected = 0
+        self.evicted = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.deferred = 0
+        self._replies: dict[Policy, bytes] = {}  # policy -> the encoded reply (memo)
+        self._server: asyncio.Server | None = None
+        self._open: set[_Connection] = set()
+        self._fresh: dict[_Connection, None] = {}  # open connections yet to send a complete request, oldest first
+        self._none_idle = False  # the last victim scan found no idle connection, and none has become idle since
+        # the connection-limit WARNING: what happened since the last one, when that was, the timer for the next
+        # (one object: CPython keeps an instance's attributes in its fast shared layout only up to 30 of them, and
+        # the answer path reads several — measured with python -m benchmarks.instructions)
+        self._limit_log = _LimitLog()
+        self._closing = False
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SocketmapServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bind and start accepting connections (idempotent)."""
+        if self._server is not None:
+            return
+        if self._closing:
+            raise MTASTSError("the socketmap server is closed")
+        loop = asyncio.get_running_loop()
+        if self.unix_path is not None:
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), self.unix_path, backlog=self.accept_batch
+            )
+            if self.unix_mode is not None:
+                os.chmod(self.unix_path, self.unix_mode)
+        else:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.host, self._port, reuse_address=True, backlog=self.accept_batch
+            )
+        for sock in self._server.sockets:  # asyncio's backlog is both; a longer queue drops no SYN in a burst
+            with sock.dup() as listening:
+                listening.listen(self.listen_queue)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets or self.unix_path is not None:
+            raise UsageError("the server is not listening on TCP")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def address(self) -> str:
+        """Where the server listens, for logs: ``127.0.0.1:8461``, ``[::1]:8461``, ``unix:/run/mtasts.sock``."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        if self._server is None or not self._server.sockets:
+            return f"{self.host}:{self._port} (not listening)"
+        return ", ".join(format_host_port(*sock.getsockname()[:2]) for sock in self._server.sockets)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def serve_forever(self) -> None:
+        """Start if needed and serve until :meth:`aclose` (cancelling this closes the server at once)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.aclose(grace=0))
+            raise
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop accepting; let requests in flight finish within ``grace`` seconds; close every connection."""
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            connections = list(self._open)
+            for connection in connections:
+                connection.shutdown()
+            waiting = [c.closed for c in connections if not c.closed.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=max(grace, 0.0))
+            late = [c for c in connections if not c.closed.done()]
+            if late:
+                log.info("aborting %d connections with requests still in flight", len(late))
+                for connection in late:
+                    connection.abort()
+                await asyncio.gather(*(c.closed for c in late))
+            if self._server is not None:
+                await self._server.wait_closed()
+            if self.unix_path is not None and self._server is not None:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
+                        os.unlink(self.unix_path)
+        finally:
+            self._report_limit()
+            self._stopped.set()
+
+    # -- the connection bounds ---------------------------------------------------------------------------------------
+
+    def _make_room(self) -> bool:
+        """Room for one more connection: True if there is (an idle one closed for it if need be), else False."""
+        if len(self._open) < self.max_connections:
+            return True
+        victim = self._victim()
+        if victim is None:
+            self.rejected += 1
+            self._note_limit(1)
+            return False
+        self.evicted += 1
+        self._note_limit(0)
+        victim.evict()
+        return True
+
+    def _victim(self) -> _Connection | None:
+        """The connection to close for a new one: the oldest never used, else the one idle the longest, or None.
+
+        O(connections), but only at the limit and only when no never-used connection is open; a scan that finds
+        none is not repeated until a connection becomes idle.
+        """
+        victim = next(iter(self._fresh), None)
+        if victim is not None or self._none_idle:
+            return victim
+        for connection in self._open:
+            if connection.idle and (victim is None or connection.last_active < victim.last_active):
+                victim = connection
+        self._none_idle = victim is None
+        return victim
+
+    def _note_limit(self, which: int) -> None:
+        """Count an eviction (0) or a rejection (1) for the WARNING, logged at most once per minute."""
+        limit_log = self._limit_log
+        limit_log.counts[which] += 1
+        loop = asyncio.get_running_loop()
+        due = limit_log.logged_at + _LIMIT_LOG_PERIOD
+        if loop.time() >= due:
+            self._report_limit()
+        elif limit_log.timer is None:
+            limit_log.timer = loop.call_at(due, self._report_limit)
+
+    def _report_limit(self) -> None:
+        limit_log = self._limit_log
+        if limit_log.timer is not None:
+            limit_log.timer.cancel()
+            limit_log.timer = None
+        evicted, rejected = limit_log.counts
+        if not evicted and not rejected:
+            return
+        now = asyncio.get_running_loop().time()
+        since = "" if math.isinf(limit_log.logged_at) else f" in the last {now - limit_log.logged_at:.0f} s"
+        log.warning(
+            "at the connection limit (max_connections = %d): %d idle connections closed to make room, "
+            "%d new connections refused%s (Postfix defers on a refused lookup)",
+            self.max_connections,
+            evicted,
+            rejected,
+            since,
+        )
+        limit_log.counts = [0, 0]
+        limit_log.logged_at = now
+
+    # -- answers ----------------------------------------------------------------------------------------------------
+
+    async def answer(self, payload: bytes) -> bytes:
+        """The reply payload for one request payload (``b"postfix example.com"`` → ``b"OK secure ..."``)."""
+        reply = self._quick(payload)
+        if isinstance(reply, str):
+            reply = await self._slow(reply)
+        return reply[reply.index(b":") + 1 : -1]
+
+    def _quick(self, payload: bytes) -> bytes | str:
+        """The encoded reply when memory can answer, else the normalised domain to look up."""
+        self.requests += 1
+        try:
+            return self._quick_unguarded(payload)
+        except Exception:
+            self.errors += 1
+            log.exception("internal error answering %r", payload[:200])
+            return TEMP_INTERNAL_NETSTRING
+
+    def _quick_unguarded(self, payload: bytes) -> bytes | str:
+        name, space, raw_key = payload.partition(b" ")
+        if not space or not name:
+            return PERM_REQUEST_NETSTRING
+        try:
+            key = raw_key.decode()
+        except UnicodeDecodeError:
+            return NOTFOUND_NETSTRING
+        if key and key[0] not in ".[" and ":" not in key:
+            domain = key  # the common case: a plain domain (cached_policy normalises it)
+        else:
+            try:
+                parsed = parse_key(key)
+            except DomainError:
+                return NOTFOUND_NETSTRING
+            if parsed is None:
+                return NOTFOUND_NETSTRING
+            domain = parsed
+        cached_policy = self._cached_policy  # an attribute load, not a method lookup (see __init__)
+        try:
+            policy = cached_policy(domain)
+        except DomainError:
+            return NOTFOUND_NETSTRING
+        if policy is NOT_CACHED:
+            return normalize_domain(domain)
+        if policy is None:
+            return NOTFOUND_NETSTRING
+        return self._replies.get(policy) or self._remember(policy)
+
+    async def _slow(self, domain: str) -> bytes:
+        """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                lookup = await self.resolver.lookup(domain)
+        except TimeoutError:
+            self.timeouts += 1
+            log.info("policy lookup for %s still running after %g s: answered TEMP", domain, self.request_timeout)
+            return TEMP_PENDING_NETSTRING
+        except DomainError:
+            return NOTFOUND_NETSTRING
+        except Exception:
+            self.errors += 1
+            log.exception("policy lookup for %s failed", domain)
+            return TEMP_INTERNAL_NETSTRING
+        if lookup.defer:  # a local fault, or a DNS failure under dns_error = "defer": never NOTFOUND
+            self.deferred += 1
+            log.info("policy lookup for %s: %s (%s): answered TEMP", domain, lookup.status, lookup.error)
+            return TEMP_LOCAL_NETSTRING if lookup.status == LookupStatus.LOCAL_ERROR else TEMP_DNS_NETSTRING
+        policy = lookup.policy
+        if policy is None:
+            return NOTFOUND_NETSTRING
+        return self._replies.get(policy) or self._remember(policy)
+
+    def _remember(self, policy: Policy) -> bytes:
+        reply = policy_reply(policy)
+        if len(self._replies) >= _REPLY_MEMO_SIZE:
+            self._replies.clear()
+        self._replies[policy] = reply
+        return reply
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: decode, answer (concurrently), reply in order."""
+
+    def __init__(self, server: SocketmapServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._decoder = NetstringDecoder(server.max_request)
+        self._transport: asyncio.Transport | None = None
+        # replies owed, in request order: encoded bytes (ready) or the task computing them
+        self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
+        self._backlog: deque[bytes] = deque()  # requests read but not started (pipeline full)
+        self._reading = True
+        self._write_paused = False
+        self._closing = False  # read nothing more: EOF, malformed input or shutdown; close once replies are out
+        self._opened_at = self.last_active = self._loop.time()
+        self._fresh = True  # no complete request yet (first_request_timeout applies, the first to be evicted)
+        self._idle: asyncio.TimerHandle | None = None
+        self.peer = "?"
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = format_host_port(peer[0], peer[1]) if isinstance(peer, tuple) else "unix socket"
+        server = self._server
+        if not server._make_room():
+            log.debug("refusing the connection from %s: %d connections open", self.peer, server.max_connections)
+            self._closing = True
+            transport.close()  # nothing was read or written: the descriptor is free at once
+            return
+        server.connections += 1
+        server._open.add(self)
+        server._fresh[self] = None
+        self._idle = self._loop.call_at(self._opened_at + server.first_request_timeout, self._check_idle)
+        log.debug("connection from %s", self.peer)
+        if server._closing:
+            self.shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.last_active = self._loop.time()
+        try:
+            payloads = self._decoder.feed(data)
+        except NetstringError as exc:
+            self._server.errors += 1
+            log.warning("closing the connection from %s: %s", self.peer, exc.message)
+            payloads = exc.payloads
+            self._closing = True
+        if payloads:
+            if self._fresh:
+                self._fresh = False
+                self._server._fresh.pop(self, None)
+                self._server._none_idle = False
+            self._backlog.extend(payloads)
+            self._drain()
+        self._update()
+
+    def eof_received(self) -> bool:
+        self._closing = True
+        # Replies still owed: keep the socket open for them (_update closes it); else let the transport close.
+        return bool(self._pending or self._backlog)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        for item in self._pending:
+            if not isinstance(item, bytes):
+                item.cancel()  # only this request's wait: the shared lookup goes on
+        self._pending.clear()
+        self._backlog.clear()
+        self._closing = True
+        server = self._server
+        server._open.discard(self)
+        server._fresh.pop(self, None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- the pipeline ----------------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Start backlog requests while the pipeline has room; write replies that need not wait."""
+        server, backlog, pending = self._server, self._backlog, self._pending
+        limit = server.max_pipeline
+        ready: list[bytes] = []
+        while backlog and len(pending) < limit:
+            reply = server._quick(backlog.popleft())
+            if isinstance(reply, bytes):
+                if pending:
+                    pending.append(reply)
+                else:
+                    ready.append(reply)  # nothing owed before it: write now
+            else:
+                task = self._loop.create_task(server._slow(reply))
+                task.add_done_callback(self._on_done)
+                pending.append(task)
+        if ready and self._transport is not None:
+            self._transport.write(ready[0] if len(ready) == 1 else b"".join(ready))
+
+    def _on_done(self, task: asyncio.Task[bytes]) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        pending = self._pending
+        ready: list[bytes] = []
+        while pending:
+            head = pending[0]
+            if isinstance(head, bytes):
+                ready.append(head)
+            elif head.done():
+                if not head.cancelled():
+                    ready.append(head.result())
+            else:
+                break
+            pending.popleft()
+        if ready:
+            self.last_active = self._loop.time()
+            self._transport.write(b"".join(ready))
+        self._drain()
+        if not pending:
+            self._server._none_idle = False
+        self._update()
+
+    def _update(self) -> None:
+        """Read or not (back-pressure); close once a closing connection owes nothing more."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._closing:
+            if not self._pending and not self._backlog:
+                transport.close()
+                return
+            want = False
+        else:
+            want = not self._write_paused and not self._backlog and len(self._pending) < self._server.max_pipeline
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no reply owed, no request waiting, not closing already (an eviction candidate)."""
+        return not self._pending and not self._backlog and not self._closing
+
+    def _check_idle(self) -> None:
+        """The connection's one timer: ``first_request_timeout`` until its first request, then ``idle_timeout``."""
+        self._idle = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        if self._fresh:
+            deadline = self._opened_at + self._server.first_request_timeout
+            if now >= deadline:
+                log.debug("closing the connection from %s: no request within %g s", self.peer, now - self._opened_at)
+                transport.close()
+            else:
+                self._idle = self._loop.call_at(deadline, self._check_idle)
+            return
+        timeout = self._server.idle_timeout
+        deadline = self.last_active + timeout
+        if now >= deadline and not self._pending and not self._backlog:
+            log.debug("closing the idle connection from %s", self.peer)
+            transport.close()
+            return
+        self._idle = self._loop.call_at(deadline if deadline > now else now + timeout, self._check_idle)
+
+    def shutdown(self) -> None:
+        """Read no more; close once the replies owed are written (the server is closing)."""
+        self._closing = True
+        self._update()
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one; it no longer counts as open."""
+        server = self._server
+        server._open.discard(self)
+        server._fresh.pop(self, None)
+        self._closing = True
+        log.debug("closing the idle connection from %s to make room", self.peer)
+        transport = self._transport
+        if transport is not None:
+            # Nothing is owed; replies written but not yet read by the peer would only delay the close.
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
