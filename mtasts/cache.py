@@ -279,11 +279,15 @@ def hot_readers(
     one handed out means a step (``now()`` absorbs it).
     """
     data, policies, negative_data = cache.data, cache.policies, negatives._data
+    # steady.fast changes when the clock steps: a stale copy reads early, which is seen as a step and refreshed
+    fast = fast_get = steady.fast
 
     def cached(domain: str) -> Policy | M | None:
-        now = steady.fast()
+        nonlocal fast
+        now = fast()
         if now < steady.last:
             now = steady.now()
+            fast = steady.fast
         else:
             steady.last = now
         try:
@@ -298,14 +302,17 @@ def hot_readers(
         return miss(domain, now)
 
     async def get(domain: str) -> Policy | None:
+        nonlocal fast_get
         if type(domain) is str:
             packed = data.get(domain)
             if packed is not None:
-                now = steady.fast()
+                now = fast_get()
                 if steady.last <= now:
                     steady.last = now
                     if now < (packed & _LOW):
                         return policies[(packed >> _POLICY_SHIFT) & _LOW]
+                else:
+                    fast_get = steady.fast  # (the lookup's cached() absorbs the step)
         return await lookup(domain)
 
     return cached, get

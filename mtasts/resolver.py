@@ -169,6 +169,21 @@ class PolicyResolver:
     Use as ``async with PolicyResolver(...) as resolver:`` (or call :meth:`aclose`).
     """
 
+    #: ``resolver.cached_policy(domain)`` — answer from memory without awaiting, when memory can: the policy,
+    #: None (no policy), or :data:`NOT_CACHED`. The synchronous fast path for hot loops::
+    #:
+    #:     policy = resolver.cached_policy(domain)
+    #:     if policy is NOT_CACHED:
+    #:         policy = await resolver.get_policy(domain)
+    cached_policy: Callable[[str], Policy | NotCached | None]
+
+    #: ``await resolver.get_policy(domain)`` — the policy to apply now to mail for ``domain`` (fetched or cached),
+    #: or None when it has none usable. Never raises for DNS, HTTP or policy failures of the domain (they end in
+    #: None or the cached policy); raises :class:`~mtasts.errors.DomainError` for a string that is not a domain
+    #: name, and :class:`~mtasts.errors.LookupDeferredError` when no answer can be given now (a ``LOCAL_ERROR``
+    #: lookup, or a DNS failure under ``dns_error="defer"``): defer the mail — None would mean "no policy".
+    get_policy: Callable[[str], Coroutine[Any, Any, Policy | None]]
+
     def __init__(
         self,
         *,
@@ -246,14 +261,12 @@ class PolicyResolver:
 
         # domain -> PolicyLookup for NO_POLICY / DNS_ERROR answers (TTL chosen per item below)
         self._negative: ExpiringCache[PolicyLookup] = ExpiringCache(negative_cache_size)
-        # The hot paths: closures over the cache's structures (no attribute or method lookups per hit). The
-        # instance attributes shadow the documented methods of the same name, which only delegate to them.
-        self._hot_cached, self._hot_get = hot_readers(
+        # The hot paths are closures over the cache's structures (mtasts.cache.hot_readers), held as plain instance
+        # attributes: no method of the same name on the class, so CPython specialises the attribute load.
+        self.cached_policy, self.get_policy = hot_readers(
             self._cache, self._negative, self._steady, miss=self._cached_miss, not_cached=NOT_CACHED,
             lookup=self._get_miss,
         )  # fmt: skip
-        self.cached_policy = self._hot_cached  # type: ignore[method-assign,assignment]
-        self.get_policy = self._hot_get  # type: ignore[method-assign,assignment]
         # domain -> the last failed fetch (its id, result type, retry time): §3.3 back-off per version id
         self._failures: cachetools.TLRUCache[str, _Failure] = cachetools.TLRUCache(
             maxsize=negative_cache_size, ttu=_failure_expiry, timer=self._now
@@ -325,19 +338,6 @@ class PolicyResolver:
 
     # -- the public lookups ----------------------------------------------------------------------------------------
 
-    def cached_policy(self, domain: str) -> Policy | NotCached | None:
-        """Answer from memory without awaiting, when memory can: the policy, None (no policy), or NOT_CACHED.
-
-        The synchronous fast path for hot loops::
-
-            policy = resolver.cached_policy(domain)
-            if policy is NOT_CACHED:
-                policy = await resolver.get_policy(domain)
-
-        (Each instance answers through a closure of :func:`mtasts.cache.hot_readers`, which shadows this method.)
-        """
-        return self._hot_cached(domain)
-
     def _cached_miss(self, domain: str, now: float) -> Policy | NotCached | None:
         """:meth:`cached_policy` past the hot path: the domain in normal form, looked up again; else NOT_CACHED."""
         negative = self._negative.get(domain, now) if type(domain) is str else None
@@ -355,20 +355,9 @@ class PolicyResolver:
                 return NOT_CACHED if negative.defer else None
         return NOT_CACHED
 
-    async def get_policy(self, domain: str) -> Policy | None:
-        """The policy to apply now to mail for ``domain`` (fetched or cached), or None when it has none usable.
-
-        Never raises for DNS, HTTP or policy failures of the domain (they end in None or the cached policy);
-        raises :class:`~mtasts.errors.DomainError` for a string that is not a domain name, and
-        :class:`~mtasts.errors.LookupDeferredError` when no answer can be given now (a ``LOCAL_ERROR`` lookup,
-        or a DNS failure under ``dns_error="defer"``): defer the mail — ``None`` would mean "no policy".
-        (Each instance answers through a closure of :func:`mtasts.cache.hot_readers`, which shadows this method.)
-        """
-        return await self._hot_get(domain)
-
     async def _get_miss(self, domain: str) -> Policy | None:
         """:meth:`get_policy` past the hot path."""
-        policy = self._hot_cached(domain)
+        policy = self.cached_policy(domain)
         if policy is not NOT_CACHED:
             return policy
         lookup = await self.lookup(domain)
