@@ -105,3 +105,18 @@ def test_max_age_zero_policy_still_applies_to_this_decision() -> None:
     zero = Policy(Mode.ENFORCE, ["mx.example.com"], 0)
     assert evaluate(zero, "mx.example.com").deliver
     assert not evaluate(zero, "other.example").deliver
+
+
+def test_misuse_is_a_usage_error_and_a_value_error() -> None:
+    """Issue 14: a caller's own bug is told apart from a failure (``except MTASTSError`` around a delivery should
+    not swallow it silently, and ``except ValueError`` catches it)."""
+    from mtasts import MTASTSError, PolicyResolver, UsageError, evaluate, parse_policy
+
+    policy = parse_policy("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 60\n")
+    with pytest.raises(UsageError) as raised:
+        evaluate(policy, "mx.example.com", tls_failure="bogus")
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, MTASTSError)
+    with pytest.raises(ValueError):
+        PolicyResolver(fetch_timeout=-1)
+    with pytest.raises(ValueError):
+        PolicyResolver(dns_error="sometimes")
