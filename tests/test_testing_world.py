@@ -589,3 +589,49 @@ async def test_clean_shutdown_with_work_in_flight() -> None:
     assert asyncio.all_tasks() == {asyncio.current_task()}
     with pytest.raises(RuntimeError):
         await world.__aenter__()
+
+
+# -- DANE support: TLSA records and zones marked signed (AD bit, RFC 6840 §5.7) ---------------------------------
+
+
+async def _ask(world: World, name: str, rdtype: str, *, ad: bool = False, do: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype, want_dnssec=do)
+    if ad:
+        query.flags |= dns.flags.AD
+    return await dns.asyncquery.udp(query, world.dns_host, port=world.dns_port, timeout=2)
+
+
+async def test_tlsa_record_and_ad_bit_only_for_signed_zones_and_only_when_asked() -> None:
+    async with World() as world:
+        world.tlsa("_25._tcp.mx.signed.example", 3, 1, 1, "ab" * 32)
+        world.add_record("mx.plain.example", "A", "127.0.0.2")
+        world.add_record("alias.signed.example", "CNAME", "mx.plain.example")
+        world.sign("signed.example")
+        answer = await _ask(world, "_25._tcp.mx.signed.example", "TLSA", ad=True)
+        assert answer.flags & dns.flags.AD
+        assert answer.answer[0].to_text().endswith("TLSA 3 1 1 " + "ab" * 32)
+        assert (await _ask(world, "_25._tcp.mx.signed.example", "TLSA", do=True)).flags & dns.flags.AD
+        assert not (await _ask(world, "_25._tcp.mx.signed.example", "TLSA")).flags & dns.flags.AD  # not asked
+        assert not (await _ask(world, "mx.plain.example", "A", ad=True)).flags & dns.flags.AD  # not signed
+        # a CNAME chain leaving the signed zones is not validated as a whole
+        assert not (await _ask(world, "alias.signed.example", "A", ad=True)).flags & dns.flags.AD
+        # authenticated denial: NXDOMAIN in a signed zone carries AD; SERVFAIL (a bogus signature) never does
+        missing = await _ask(world, "_25._tcp.nothing.signed.example", "TLSA", ad=True)
+        assert missing.rcode() == dns.rcode.NXDOMAIN and missing.flags & dns.flags.AD
+        world.set_failure("_25._tcp.mx.signed.example", "servfail")
+        bogus = await _ask(world, "_25._tcp.mx.signed.example", "TLSA", ad=True)
+        assert bogus.rcode() == dns.rcode.SERVFAIL and not bogus.flags & dns.flags.AD
+        world.unsign("signed.example")
+        world.set_failure("_25._tcp.mx.signed.example", None)
+        assert not (await _ask(world, "_25._tcp.mx.signed.example", "TLSA", ad=True)).flags & dns.flags.AD
+
+
+async def test_dns_server_on_a_chosen_address_and_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.9", 0))
+        port = probe.getsockname()[1]
+    async with World(dns_host="127.0.0.9", dns_port=port) as world:
+        assert (world.dns_host, world.dns_port) == ("127.0.0.9", port)
+        world.add_record("mx.example", "A", "127.0.0.2")
+        answer = await world.resolver().resolve("mx.example", "A")
+        assert [r.to_text() for r in answer] == ["127.0.0.2"]

@@ -5,6 +5,11 @@ A/AAAA) and the extra records, following CNAME chains inside the world as a recu
 (RFC 1034 §4.3.2). UDP answers over 512 bytes (or the client's EDNS payload size, RFC 6891 §6.2.3) are
 truncated with TC so the client retries over TCP (RFC 7766 §5).
 
+Names under a zone marked signed (:meth:`Zone.is_signed`) are answered with the AD bit set when the query sets
+AD or DO, as a validating resolver does (RFC 6840 §5.7; RFC 4035 §3.2.3): the world stands in for the local
+validating resolver whose AD bit an MTA trusts (RFC 7672 §2.1). No RRSIG is served — a real validator is
+exercised by the test suite's own unbound harness.
+
 On request a name is answered the way a hostile server would (``HOSTILE_KINDS``): the true answer under a
 wrong message id or for another question (RFC 5452 §9.1: a client must drop such responses), or a CNAME loop
 inside the answer (RFC 1034 §3.6.2).
@@ -73,6 +78,8 @@ class Zone:
         self.domains = domains
         self.records: dict[str, Records] = {}
         self.failures: dict[str, str] = {}
+        #: Zones (lowercase, no trailing dot) whose answers are "validated": AD set when asked for.
+        self.signed: set[str] = set()
         self._on_query = on_query
         self._on_error = on_error
 
@@ -113,6 +120,18 @@ class Zone:
             for rdtype, rdatas in extra.items():
                 records.setdefault(rdtype, []).extend(rdatas)
         return failure, records, exists
+
+    def is_signed(self, name: dns.name.Name) -> bool:
+        """Whether ``name`` is at or below a zone marked signed."""
+        if not self.signed:
+            return False
+        key = name_key(name.to_text(omit_final_dot=True))
+        while True:
+            if key in self.signed:
+                return True
+            if "." not in key:
+                return False
+            key = key.partition(".")[2]
 
     def resolve(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
@@ -168,6 +187,14 @@ class Zone:
                     return None
                 response.set_rcode(result[0])
                 response.answer = result[1]
+                asked_for_ad = bool(query.flags & dns.flags.AD) or bool(query.ednsflags & dns.flags.DO)
+                if (
+                    asked_for_ad
+                    and result[0] in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+                    and self.is_signed(question.name)
+                    and all(self.is_signed(rrset.name) for rrset in result[1])
+                ):
+                    response.flags |= dns.flags.AD  # RFC 6840 §5.7: only to a query that asked (AD or DO)
                 spoof = self._node(name_key(question.name.to_text(omit_final_dot=True)))[0]
                 if spoof == "wrong-id":
                     response.id = (query.id + 1) & 0xFFFF
@@ -281,10 +308,10 @@ class DnsServer:
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
-    async def start(self, host: str) -> int:
-        """Listen on ``host`` (UDP and TCP, the same free port); return the port."""
+    async def start(self, host: str, port: int = 0) -> int:
+        """Listen on ``host`` (UDP and TCP, the same port: ``port``, or a free one when 0); return the port."""
         loop = asyncio.get_running_loop()
-        udp, tcp, port = _bind_pair(host)
+        udp, tcp, port = _bind_pair(host, port)
         try:
             self._udp = _UdpProtocol(self.zone)
             udp_protocol = self._udp
@@ -319,15 +346,15 @@ class DnsServer:
         self._tcp = self._udp_transport = self._udp = None
 
 
-def _bind_pair(host: str) -> tuple[socket.socket, socket.socket, int]:
-    """A UDP and a TCP socket bound to the same free port of ``host``."""
+def _bind_pair(host: str, wanted: int = 0) -> tuple[socket.socket, socket.socket, int]:
+    """A UDP and a TCP socket bound to the same port of ``host``: ``wanted``, or a free one when 0."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
+    for _ in range(1 if wanted else 50):
         udp = socket.socket(family, socket.SOCK_DGRAM)
         with contextlib.suppress(OSError):
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
         try:
-            udp.bind((host, 0))
+            udp.bind((host, wanted))
         except BaseException:
             udp.close()
             raise
@@ -339,6 +366,8 @@ def _bind_pair(host: str) -> tuple[socket.socket, socket.socket, int]:
         except OSError:
             udp.close()
             tcp.close()
+            if wanted:
+                raise
             continue
         except BaseException:
             udp.close()

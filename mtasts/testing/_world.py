@@ -60,8 +60,14 @@ class World:
     names them.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, *, host: str = "127.0.0.1", dns_host: str | None = None, dns_port: int = 0) -> None:
+        """``host``: where both servers listen. ``dns_host``/``dns_port``: the DNS server's own address instead
+        (``dns_port=53`` on, say, ``127.0.0.53`` for a client that reads ``resolv.conf``, which has no port);
+        0 picks a free port."""
         self.host = host
+        #: The DNS server's address (``host`` unless ``dns_host`` was given).
+        self.dns_host = dns_host or host
+        self._wanted_dns_port = dns_port
         #: The CA every "valid" certificate chains to; trust it (:meth:`client_ssl_context`, :attr:`ca_pem_path`).
         self.ca = trustme.CA()
         #: The CA of the "untrusted" certificate kind: never trusted by the world's client contexts.
@@ -106,7 +112,7 @@ class World:
         self._state = "running"
         try:
             self._ca_pem_path = _write_temporary(self.ca.cert_pem.bytes())
-            self._dns_port = await self._dns.start(self.host)
+            self._dns_port = await self._dns.start(self.dns_host, self._wanted_dns_port)
             self._https_port = await self._https.start(self.host)
         except BaseException:
             await self._stop()
@@ -136,7 +142,7 @@ class World:
 
     @property
     def dns_port(self) -> int:
-        """The DNS server's port on :attr:`host` (UDP and TCP)."""
+        """The DNS server's port on :attr:`dns_host` (UDP and TCP)."""
         self._running("dns_port")
         assert self._dns_port is not None
         return self._dns_port
@@ -164,7 +170,7 @@ class World:
         load is retried once (a name that never answers is queried twice).
         """
         resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [self.host]
+        resolver.nameservers = [self.dns_host]
         resolver.port = self.dns_port
         resolver.cache = None
         resolver.lifetime = lifetime
@@ -256,6 +262,23 @@ class World:
             records.pop(dns.rdatatype.from_text(rdtype.upper()), None)
             if not records:
                 del self._zone.records[key]
+
+    def tlsa(self, name: str, usage: int, selector: int, mtype: int, data_hex: str, *, ttl: int = 300) -> None:
+        """Publish a TLSA record (RFC 6698 §2) at ``name``, e.g. ``world.tlsa("_25._tcp.mx.example", 3, 1, 1, h)``.
+
+        DANE for SMTP (RFC 7672) uses it only where the answer is validated: :meth:`sign` the zone too.
+        """
+        self.add_record(name, "TLSA", f"{usage} {selector} {mtype} {data_hex}", ttl)
+
+    def sign(self, zone: str) -> None:
+        """Mark ``zone`` (and every name below it) as DNSSEC-signed: answers for it carry the AD bit when the
+        query sets AD or DO, as a validating resolver's do (RFC 6840 §5.7). An answer whose CNAME chain leaves
+        the signed zones is not marked. ``set_failure(name, "servfail")`` stands for a bogus signature."""
+        self._zone.signed.add(name_key(zone))
+
+    def unsign(self, zone: str) -> None:
+        """Undo :meth:`sign` for ``zone``."""
+        self._zone.signed.discard(name_key(zone))
 
     def set_failure(self, name: str, kind: str | None) -> None:
         """Make every query for ``name`` fail (``nxdomain``, ``servfail``, ``timeout``, ``nodata``,
