@@ -19,6 +19,7 @@ from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rdatatype
 import dns.resolver
@@ -33,8 +34,10 @@ __all__ = [
     "HostLookupError",
     "MXPermanentFailure",
     "MXTransientFailure",
+    "MxHosts",
     "TxtAnswer",
     "TxtStatus",
+    "find_mx",
     "find_mx_hosts",
     "query_txt",
     "resolve_addresses",
@@ -193,8 +196,23 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
     raise HostLookupError(f"{host}: cannot resolve ({detail})")
 
 
+@dataclass(frozen=True, slots=True)
+class MxHosts:
+    """A domain's MX hosts in the order to try them, whether the answer was DNSSEC-validated (the AD bit of a
+    query that asked for it, RFC 6840 §5.7), and its TTL."""
+
+    hosts: list[str]
+    secure: bool = False
+    ttl: float = 300.0
+
+
 async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Random | None = None) -> list[str]:
-    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505).
+    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505): :func:`find_mx`."""
+    return (await find_mx(resolver, domain, rng=rng)).hosts
+
+
+async def find_mx(resolver: DnsResolver, domain: str, *, rng: random.Random | None = None) -> MxHosts:
+    """The MX host names of ``domain`` in the order to try them (RFC 5321 §5.1, RFC 7505), with the answer's AD.
 
     Lowest preference first, ties shuffled; the domain itself when it has no MX but has an address (implicit MX).
     Raises ``MTASTSError`` subclasses for a null MX / NXDOMAIN (permanent) and DNS failures (transient).
@@ -211,6 +229,7 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
         raise MXTransientFailure(
             f"{domain}: MX lookup failed ({describe_failure(exc, resolver, domain, 'MX')})"
         ) from None
+    secure = bool(answer.response.flags & dns.flags.AD)
     if answer.rrset is None:  # RFC 5321 §5.1: no MX records -> the domain is its own MX, if it has an address
         try:
             await resolve_addresses(resolver, domain)
@@ -218,7 +237,7 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
             raise MXTransientFailure(f"{domain}: address lookup failed here ({exc.message})") from None
         except HostLookupError as exc:
             raise MXPermanentFailure(f"{domain}: no MX and no address ({exc.message})") from None
-        return [domain]
+        return MxHosts([domain], secure)
     records = [(rdata.preference, rdata.exchange) for rdata in answer.rrset]
     if any(exchange == dns.name.root for _, exchange in records):
         raise MXPermanentFailure(f"{domain}: null MX (RFC 7505): the domain accepts no mail")
@@ -231,4 +250,4 @@ async def find_mx_hosts(resolver: DnsResolver, domain: str, *, rng: random.Rando
         hosts = by_preference[preference]
         rng.shuffle(hosts)
         ordered.extend(hosts)
-    return ordered
+    return MxHosts(ordered, secure, float(answer.rrset.ttl))

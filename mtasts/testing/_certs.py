@@ -113,6 +113,7 @@ class CertFactory:
         self._cas = {"trusted": ca, "untrusted": untrusted_ca}
         self._signers: dict[str, _Signer] = {}
         self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        self._leaves: dict[tuple[str, str], bytes] = {}  # the PEM leaf each cached context presents
         self._dir: str | None = None
         self._cleanup: weakref.finalize[[str], CertFactory] | None = None
 
@@ -134,10 +135,23 @@ class CertFactory:
         hostname = name_key(hostname)
         context = self._contexts.get((hostname, kind))
         if context is None:
-            context = self._contexts[(hostname, kind)] = self.new_context(hostname, kind)
+            context = self._contexts[(hostname, kind)] = self.new_context(hostname, kind, _key=(hostname, kind))
         return context
 
-    def new_context(self, hostname: str, kind: str = "valid") -> ssl.SSLContext:
+    def leaf_der(self, hostname: str, kind: str = "valid") -> bytes:
+        """The DER certificate :meth:`context` presents for ``hostname`` and ``kind`` (issued if need be)."""
+        self.context(hostname, kind)
+        return x509.load_pem_x509_certificate(self._leaves[(name_key(hostname), kind)]).public_bytes(
+            serialization.Encoding.DER
+        )
+
+    def issuer_der(self, kind: str = "valid") -> bytes:
+        """The DER certificate of the CA that issues ``kind`` certificates."""
+        return self._signer("untrusted" if kind == "untrusted" else "trusted").cert.public_bytes(
+            serialization.Encoding.DER
+        )
+
+    def new_context(self, hostname: str, kind: str = "valid", *, _key: tuple[str, str] | None = None) -> ssl.SSLContext:
         """A new, uncached server context presenting a freshly issued ``kind`` certificate for ``hostname``."""
         check_cert_kind(kind)
         hostname = name_key(hostname)
@@ -156,9 +170,11 @@ class CertFactory:
         elif kind == "cn-only":
             names, common_name = [], hostname
         cert_pem = signer.issue(dns_names=names, common_name=common_name, not_before=not_before, not_after=not_after)
-        return self._load(cert_pem, signer)
+        if _key is not None:
+            self._leaves[_key] = cert_pem
+        return self._load(cert_pem, signer, with_issuer=kind != "untrusted")
 
-    def _load(self, cert_pem: bytes, signer: _Signer) -> ssl.SSLContext:
+    def _load(self, cert_pem: bytes, signer: _Signer, *, with_issuer: bool = False) -> ssl.SSLContext:
         directory = self._directory()
         key_path = os.path.join(directory, f"key-{id(signer)}.pem")
         if not os.path.exists(key_path):
@@ -166,7 +182,10 @@ class CertFactory:
                 file.write(signer.leaf_key_pem)
         cert_path = os.path.join(directory, "cert.pem")
         with open(cert_path, "wb") as file:
-            file.write(cert_pem)
+            # the leaf, then its CA (RFC 7672 §3.1.2: a DANE-TA server sends its trust anchor) — not the untrusted
+            # CA, whose certificate would turn "unknown issuer" into "self-signed certificate in chain"
+            issuer = signer.cert.public_bytes(serialization.Encoding.PEM) if with_issuer else b""
+            file.write(cert_pem + issuer)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_path, key_path)
         return context

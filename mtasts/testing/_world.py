@@ -270,6 +270,17 @@ class World:
         """
         self.add_record(name, "TLSA", f"{usage} {selector} {mtype} {data_hex}", ttl)
 
+    def tlsa_data(
+        self, hostname: str, kind: str = "valid", *, usage: int = 3, selector: int = 1, mtype: int = 1
+    ) -> str:
+        """The hex association data of a TLSA record for the certificate :meth:`server_ssl_context` presents
+        for ``hostname`` and ``kind``: usage 3 (DANE-EE) describes that leaf, usage 2 (DANE-TA) its CA (which
+        the server sends after the leaf). ``world.tlsa(name, 3, 1, 1, world.tlsa_data(mx))``."""
+        from mtasts.dane import association_data  # noqa: PLC0415 - the testing package needs no more of mtasts
+
+        der = self._certs.leaf_der(hostname, kind) if usage == 3 else self._certs.issuer_der(kind)
+        return association_data(der, selector, mtype).hex()
+
     def sign(self, zone: str) -> None:
         """Mark ``zone`` (and every name below it) as DNSSEC-signed: answers for it carry the AD bit when the
         query sets AD or DO, as a validating resolver's do (RFC 6840 §5.7). An answer whose CNAME chain leaves
