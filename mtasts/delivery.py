@@ -16,9 +16,14 @@
    policy changed, the MX list is tried once again (§5 MUST, §5.1 step 3); otherwise the message is
    **deferred** — never bounced for a policy reason (§5 SHOULD treat as transient, C19).
 
-DANE (RFC 7672) takes precedence (RFC 8461 §2): when the ``dane`` hook says DANE applies to an MX, MTA-STS is
-not evaluated for it; TLS is required and the certificate is judged by ``dane_verifier`` (or, without one, by
-the PKIX context), and a failing DANE result is never overridden.
+DANE (RFC 7672) takes precedence (RFC 8461 §2): where DANE applies to an MX, MTA-STS is not evaluated for it;
+TLS is required and a failing DANE result is never overridden (no other MX policy, no plaintext). With
+``dane=True`` mtasts decides and verifies DANE itself: the MX RRset, each host's addresses and its TLSA records
+are asked of the resolver's dnspython resolver with the AD bit (:mod:`mtasts.dane_lookup`; that resolver must
+be a local validating one), the host's state follows :mod:`mtasts.dane`'s table, and the session is judged by
+:mod:`mtasts.dane_verify` (DANE-EE against the leaf, DANE-TA against the chain the server sent). A host whose
+TLSA lookup fails is not used (RFC 7672 §2.1.1). With a ``dane`` callable (an MTA that does DANE itself), it
+says where DANE applies and ``dane_verifier`` (or, without one, the PKIX context) judges the certificate.
 
 Every attempt (which MX, which addresses, the verdict, the RFC 8460 result type) goes to ``reporter``.
 
@@ -51,6 +56,9 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import dns as mtasts_dns
 from ._smtp import map_smtp_errors
+from .dane import HostState, TlsaRecord
+from .dane_lookup import DaneResolver
+from .dane_verify import peer_chain, verify_session
 from .domain import is_address_literal, normalize_domain
 from .errors import (
     DomainError,
@@ -142,6 +150,9 @@ class _Job:
     dane_verifier: Callable[[str, bytes], Awaitable[str | None]] | None
     reporter: Callable[[Attempt], object] | None
     attempts: list[Attempt] = field(default_factory=list)
+    dane_lookup: DaneResolver | None = None  # dane=True: the built-in RFC 7672 lookups and verification
+    mx_secure: bool = False  # the MX RRset was DNSSEC-validated (dane=True)
+    tlsa: dict[str, tuple[TlsaRecord, ...]] = field(default_factory=dict)  # usable records of DANE hosts
 
     def record(self, attempt: Attempt) -> Attempt:
         self.attempts.append(attempt)
@@ -172,7 +183,7 @@ async def deliver(
     sender: str | None = None,
     port: int = 25,
     tls_context: ssl.SSLContext | None = None,
-    dane: Callable[[str], Awaitable[bool]] | None = None,
+    dane: Callable[[str], Awaitable[bool]] | bool | None = None,
     reporter: Callable[[Attempt], object] | None = None,
     dane_verifier: Callable[[str, bytes], Awaitable[str | None]] | None = None,
     local_hostname: str | None = None,
@@ -184,8 +195,10 @@ async def deliver(
     """Send ``message`` to ``recipients`` (all at one domain) under that domain's MTA-STS policy.
 
     ``port``: every MX is contacted on it. ``tls_context``: trust store for MX certificates (default: the
-    system's, TLS >= 1.2, DNS-ID only). ``dane(mx)`` → True when DANE applies to that MX; ``dane_verifier(mx,
-    der_certificate)`` → None if DANE validates, else an RFC 8460 result type (``tlsa-invalid`` ...).
+    system's, TLS >= 1.2, DNS-ID only). ``dane=True``: DANE (RFC 7672) looked up and verified by mtasts (the
+    resolver's dnspython resolver must be a local validating resolver: its AD bit is trusted); or a callable,
+    ``dane(mx)`` → True when DANE applies to that MX, with ``dane_verifier(mx, der_certificate)`` → None if DANE
+    validates, else an RFC 8460 result type (``tlsa-invalid`` ...).
     ``reporter(attempt)`` gets every :class:`Attempt` (e.g. a TLS-RPT recorder). ``local_hostname``: the EHLO
     name; ``command_timeout``: seconds for each SMTP command. ``next_hop``: a smart host
     to deliver through — its domain is then the Policy Domain (§3.4). ``rng`` orders MX hosts of equal
@@ -203,10 +216,14 @@ async def deliver(
         tls_context=ensure_strict(tls_context) if tls_context is not None else create_client_context(),
         local_hostname=local_hostname,
         timeout=command_timeout,
-        dane=dane if mta_sts else None,
+        dane=dane if mta_sts and callable(dane) else None,
         dane_verifier=dane_verifier,
         reporter=reporter,
     )
+    if dane is True and mta_sts:
+        job.dane_lookup = DaneResolver(resolver.dns_resolver, port=port)
+    elif dane is not None and not isinstance(dane, bool) and not callable(dane):
+        raise UsageError(f"dane must be True, False, None or a callable, not {dane!r}")
     if mta_sts:
         lookup = await resolver.lookup(job.domain)
         if lookup.defer:  # a local fault (or a DNS failure under dns_error="defer"): the policy is unknown
@@ -215,7 +232,11 @@ async def deliver(
     else:
         lookup = PolicyLookup(job.domain, LookupStatus.NOT_APPLICABLE)
     try:
-        mx_hosts = await find_mx_hosts(resolver.dns_resolver, job.domain, rng=rng)
+        if job.dane_lookup is not None:  # the MX RRset's AD bit decides whether DANE can apply (RFC 7672 §2.2.1)
+            found = await mtasts_dns.find_mx(job.dane_lookup.resolver, job.domain, rng=rng)
+            mx_hosts, job.mx_secure = found.hosts, found.secure
+        else:
+            mx_hosts = await find_mx_hosts(resolver.dns_resolver, job.domain, rng=rng)
     except _PermanentFailure as exc:
         return DeliveryResult(DeliveryStatus.FAILED, None, (), exc.message, lookup.policy, lookup)
     except _TransientFailure as exc:
@@ -266,7 +287,26 @@ async def _try_mx_hosts(job: _Job, mx_hosts: list[str], policy: Policy | None) -
 
 async def _try_mx(job: _Job, mx: str, policy: Policy | None, outcome: _Outcome) -> Attempt:
     base = Attempt(mx=mx, verdict=None, result_type=None, policy_domain=job.domain)
-    dane = job.dane is not None and await job.dane(mx)
+    if job.dane_lookup is not None:
+        try:
+            host, _ = await job.dane_lookup.host(mx, mx_secure=job.mx_secure)
+        except LocalError as exc:  # cannot tell whether DANE applies: do not use this host now
+            return replace(base, dane=True, error=f"{mx}: DANE lookup failed here: {exc.message}")
+        if host.state is HostState.FAILED:  # RFC 7672 §2.1.1: never fall back to MTA-STS or plaintext
+            return replace(
+                base,
+                dane=True,
+                result_type=ResultType.DNSSEC_INVALID,
+                tls_failure=ResultType.DNSSEC_INVALID,
+                failure_reason_code="tlsa-lookup-failed",
+                error=f"{mx}: TLSA lookup failed ({host.error}): not used",
+                skipped=True,
+            )
+        dane = host.state is HostState.DANE
+        if dane:
+            job.tlsa[mx] = host.records
+    else:
+        dane = job.dane is not None and await job.dane(mx)
     if dane:
         base = replace(base, dane=True)
     elif policy is not None and policy.mode is Mode.ENFORCE and not policy.matches(mx):
@@ -388,15 +428,22 @@ async def _validate_tls(
     job: _Job, client: aiosmtplib.SMTP, mx: str, *, dane: bool
 ) -> tuple[str | None, str | None, str | None]:
     """STARTTLS with full validation. Returns (result type, failure-reason-code, readable error) or Nones."""
-    verifier = job.dane_verifier if dane else None
-    context = create_opportunistic_context() if verifier is not None else job.tls_context
+    records = job.tlsa.get(mx) if dane else None
+    verifier = job.dane_verifier if dane and records is None else None
+    context = create_opportunistic_context() if verifier is not None or records is not None else job.tls_context
     try:
         await _starttls(client, mx, context)
     except NoStartTLSError as exc:
         return exc.result_type, exc.failure_reason_code, exc.message
     except SMTPTLSError as exc:
         return exc.result_type, exc.failure_reason_code, f"TLS failed: {exc.message}"
-    if verifier is not None:
+    if records is not None:  # the built-in RFC 7672 §3 verification: names and expiry only under DANE-TA
+        ssl_object = client.get_transport_info("ssl_object")
+        chain = peer_chain(ssl_object) if isinstance(ssl_object, ssl.SSLObject) else []
+        failure = verify_session(records, chain, mx)
+        if failure is not None:
+            return failure[0], "dane-validation-failed", f"DANE validation failed: {failure[1]}"
+    elif verifier is not None:
         certificate = _peer_certificate(client)
         result = await verifier(mx, certificate) if certificate else ResultType.TLSA_INVALID
         if result is not None:
