@@ -24,4 +24,5 @@ def test_delivery_example_runs_as_written() -> None:
 
 
 def test_custom_mta_example_compiles() -> None:
-    compile(python_blocks("delivery.md")[1], "delivery.md", "exec")
+    for block in python_blocks("delivery.md")[1:]:
+        compile(block, "delivery.md", "exec")
