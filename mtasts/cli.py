@@ -183,6 +183,18 @@ def register_serve_socketmap(commands: Any) -> None:
         choices=DNS_ERROR_MODES,
         help="a failed _mta-sts TXT query with nothing cached: no-policy (default, RFC 8461) or defer (TEMP)",
     )
+    parser.add_argument(
+        "--fetch-idle-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        help="give a policy host up after this long without a byte (default 15)",
+    )
+    parser.add_argument(
+        "--tlsrpt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT (default off)",
+    )
     add_world_options(parser)
     parser.set_defaults(handler=_serve_socketmap, policy_port=None)  # None: not given, the file or the default applies
 
@@ -204,6 +216,8 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         policy_port=args.policy_port,
         max_connections=args.max_connections,
         dns_error=args.dns_error,
+        fetch_idle_timeout=args.fetch_idle_timeout,
+        tlsrpt=args.tlsrpt,
     )
 
 

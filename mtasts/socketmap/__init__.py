@@ -11,10 +11,14 @@ Postfix expects (RFC 8461 §4.1, TLS_README "secure"). Everything else is ``NOTF
 running after ``request_timeout`` is answered ``TEMP`` so Postfix defers rather than sends in plaintext; the
 shared lookup goes on and the retry is answered from the cache.
 
+On the map name ``QUERYwithTLSRPT`` (every name with ``tlsrpt = true``) an enforce answer also carries the
+policy for Postfix >= 3.10's TLS-RPT support (:func:`format_tlsrpt`): ``policy_type=sts policy_domain=D
+mx_host_pattern=P... { policy_string = LINE }...``.
+
 Layers, each a module of this package:
 
-- :mod:`~mtasts.socketmap.answers` — sans-I/O: :func:`format_policy`, :func:`parse_key`, the replies
-  (framing: :mod:`mtasts.netstring`);
+- :mod:`~mtasts.socketmap.answers` — sans-I/O: :func:`format_policy`, :func:`format_tlsrpt`, :func:`parse_key`,
+  the replies (framing: :mod:`mtasts.netstring`);
 - :mod:`~mtasts.socketmap.server` — the asyncio protocol, :class:`SocketmapServer` (one request → one reply,
   pipelining, ordering, back-pressure, connection bounds);
 - :mod:`~mtasts.socketmap.config` — :class:`ServerConfig`, its TOML file (:func:`load_config`), the descriptor
@@ -33,9 +37,12 @@ from .answers import (
     TEMP_INTERNAL,
     TEMP_LOCAL,
     TEMP_PENDING,
+    TLSRPT_MAP_NAME,
     format_policy,
+    format_tlsrpt,
     parse_key,
     policy_reply,
+    tlsrpt_reply,
 )
 from .config import (
     DESCRIPTOR_RESERVE,
@@ -60,11 +67,13 @@ __all__ = [
     "TEMP_INTERNAL",
     "TEMP_LOCAL",
     "TEMP_PENDING",
+    "TLSRPT_MAP_NAME",
     "TOML_KEYS",
     "DescriptorPlan",
     "ServerConfig",
     "SocketmapServer",
     "format_policy",
+    "format_tlsrpt",
     "load_config",
     "override",
     "parse_key",
@@ -74,4 +83,5 @@ __all__ = [
     "raise_nofile_limit",
     "run",
     "serve",
+    "tlsrpt_reply",
 ]

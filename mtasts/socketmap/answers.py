@@ -9,6 +9,12 @@ back::
     TIMEOUT <reason>     (not sent by this server)
     PERM <reason>        a permanent error in the request
 
+For Postfix >= 3.10 the answer to an enforce policy can carry the policy itself (:func:`format_tlsrpt`), as
+Postfix's TLSRPT_README, "MTA-STS Support via smtp_tls_policy_maps", describes: Postfix reports TLS-RPT (RFC 8460)
+results with it and, from 3.10.5 on (``smtp_tls_enforce_sts_mx_patterns = yes``, the default), enforces the
+policy's own ``mx`` patterns. The server adds them for the map name :data:`TLSRPT_MAP_NAME` (postfix-tlspol's),
+or for every name with ``tlsrpt = true``.
+
 Nothing here does I/O or imports asyncio: :mod:`mtasts.socketmap.server` answers each request with these.
 """
 
@@ -35,9 +41,12 @@ __all__ = [
     "TEMP_LOCAL_NETSTRING",
     "TEMP_PENDING",
     "TEMP_PENDING_NETSTRING",
+    "TLSRPT_MAP_NAME",
     "format_policy",
+    "format_tlsrpt",
     "parse_key",
     "policy_reply",
+    "tlsrpt_reply",
 ]
 
 # The reply payloads.
@@ -56,6 +65,10 @@ TEMP_LOCAL_NETSTRING: Final = encode(TEMP_LOCAL)
 TEMP_DNS_NETSTRING: Final = encode(TEMP_DNS)
 PERM_REQUEST_NETSTRING: Final = encode(PERM_REQUEST)
 
+#: The socketmap name whose answers carry the TLS-RPT attributes (``socketmap:inet:127.0.0.1:8461:QUERYwithTLSRPT``):
+#: postfix-tlspol's, so that its users switch without editing main.cf. Compared exactly, as Postfix sends it.
+TLSRPT_MAP_NAME: Final = b"QUERYwithTLSRPT"
+
 # A next-hop port after the host: digits or a service name, as Postfix accepts them ("[mx.example]:smtp").
 _PORT = re.compile(r"[0-9]{1,5}|[A-Za-z][A-Za-z0-9-]{0,63}")
 
@@ -70,6 +83,54 @@ def format_policy(policy: Policy) -> str | None:
         return None
     patterns = dict.fromkeys(p[1:] if p.startswith("*.") else p for p in policy.mx)
     return f"secure match={':'.join(patterns)} servername=hostname"
+
+
+# Postfix TLSRPT_README, "MTA-STS Support via smtp_tls_policy_maps" (Postfix >= 3.10): after the level and its
+# matching attributes,
+#   policy_type=sts                  "Specify sts or no-policy-found"
+#   policy_domain=name               "The domain that the MTA-STS policy applies to"
+#   mx_host_pattern=pattern          "one mx_host_pattern instance for each "mx:" feature", as written:
+#                                    mx_host_pattern=*.example.net (smtp_tls_enforce_sts_mx_patterns, >= 3.10.5,
+#                                    then allows exactly one label for the "*", RFC 8461 §4.1)
+#   { policy_string = value }        "one policy_string instance for each MTA-STS policy feature, enclosed inside
+#                                    "{" and "}" to protect whitespace"; whitespace after "{", around "=" and
+#                                    before "}" is ignored. Postfix hands them to the TLS-RPT library as the
+#                                    report's policy-string (RFC 8460 §4.4).
+# Not sent:
+#   policy_ttl=time                  "(deprecated) The time value is not used, and support for this attribute will
+#                                    eventually be removed" — a Postfix without it would call the whole answer
+#                                    invalid ("invalid attribute name") and defer every enforce domain's mail.
+#   policy_failure=type              only for a policy that failed; such a domain is answered NOTFOUND (§3.3).
+# "match=" stays: Postfix 3.10.0-3.10.4 match certificates against it, and 3.10.5+ transform the policy (match the
+# MX host name, connect only to MX hosts matching a pattern) only when match= is present (smtp_tls_policy.c).
+# "servername=hostname" (Postfix >= 3.4) is supported by every Postfix that reads these attributes.
+# Postfix <= 3.9 rejects these attributes ("invalid attribute name"): they are opt-in (docs/postfix.md).
+#
+# Postfix splits the answer on spaces and commas outside braces (mystrtokq), so a policy line containing "{" or
+# "}" (only an extension's value can) cannot be quoted: it is left out of the policy strings, the rest is sent.
+_UNQUOTABLE = re.compile(r"[{}]")
+
+
+def format_tlsrpt(policy: Policy, domain: str) -> str | None:
+    """:func:`format_policy`'s answer followed by the TLS-RPT attributes of Postfix >= 3.10, or None (not enforce).
+
+    ``domain`` is the Policy Domain, normalised (A-labels, lowercase). For RFC 8461 §3.2's example policy::
+
+        secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts
+        policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net
+        mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce }
+        { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net }
+        { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }
+
+    (one line). The policy strings are the policy's lines (:meth:`Policy.lines`: the fields as parsed, every
+    ``mx`` line, extensions last).
+    """
+    text = format_policy(policy)
+    if text is None:
+        return None
+    patterns = "".join(f" mx_host_pattern={pattern}" for pattern in dict.fromkeys(policy.mx))
+    strings = "".join(f" {{ policy_string = {line} }}" for line in policy.lines() if _UNQUOTABLE.search(line) is None)
+    return f"{text} policy_type=sts policy_domain={domain}{patterns}{strings}"
 
 
 def parse_key(key: str) -> str | None:
@@ -105,3 +166,10 @@ def policy_reply(policy: Policy) -> bytes:
     """The netstring answering a key whose domain has ``policy``: ``OK secure ...`` under enforce, else NOTFOUND."""
     text = format_policy(policy)
     return NOTFOUND_NETSTRING if text is None else encode(b"OK " + text.encode("ascii"))
+
+
+def tlsrpt_reply(policy: Policy, domain: str) -> bytes:
+    """The netstring answering a key of ``domain`` (normalised) on the TLS-RPT map name: :func:`format_tlsrpt`'s
+    answer under enforce, else NOTFOUND. Extension values may be UTF-8 (RFC 8461 §3.2 sts-policy-vchar)."""
+    text = format_tlsrpt(policy, domain)
+    return NOTFOUND_NETSTRING if text is None else encode(b"OK " + text.encode("utf-8"))

@@ -50,6 +50,7 @@ class ServerConfig:
     store: str = "sqlite"  # memory | sqlite | sqlite:PATH | redis://HOST:PORT/DB
     cache_size: int = 100_000
     fetch_timeout: float = 60.0  # RFC 8461 §3.3 suggests one minute
+    fetch_idle_timeout: float = 15.0  # a policy host silent this long (connect, TLS, response, body) is given up
     request_timeout: float = 30.0
     max_request: int = 1024
     max_pipeline: int = 256
@@ -66,6 +67,7 @@ class ServerConfig:
     nameserver: str | None = None  # IP[:PORT], instead of the system's resolver
     cafile: str | None = None  # PEM trust store for policy hosts, instead of the system's
     policy_port: int = 443
+    tlsrpt: bool = False  # Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT
 
     def __post_init__(self) -> None:
         for name, expected in _FIELD_TYPES.items():
@@ -78,7 +80,7 @@ class ServerConfig:
             check_count(name, getattr(self, name))
         if self.max_connections is not None:
             check_count("max_connections", self.max_connections)
-        for name in ("fetch_timeout", "request_timeout", "idle_timeout", "first_request_timeout"):
+        for name in ("fetch_timeout", "fetch_idle_timeout", "request_timeout", "idle_timeout", "first_request_timeout"):
             check_seconds(name, getattr(self, name), positive=True)
         for name in ("shutdown_grace", "refresh_period", "queue_timeout"):
             check_seconds(name, getattr(self, name))
@@ -119,6 +121,7 @@ _FIELD_TYPES: dict[str, type] = {
     "store": str,
     "cache_size": int,
     "fetch_timeout": float,
+    "fetch_idle_timeout": float,
     "request_timeout": float,
     "max_request": int,
     "max_pipeline": int,
@@ -135,17 +138,18 @@ _FIELD_TYPES: dict[str, type] = {
     "nameserver": str,
     "cafile": str,
     "policy_port": int,
+    "tlsrpt": bool,
 }
 _OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile", "max_connections"})
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 #: TOML keys that are not field names.
 _TOML_ALIASES = {"listen": None, "unix": "unix_path"}
 TOML_KEYS: Final = frozenset((set(_FIELD_TYPES) - {"host", "port", "unix_path"}) | set(_TOML_ALIASES))
 
 
 def _is_type(value: object, expected: type) -> bool:
-    if isinstance(value, bool):
-        return False
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
     if expected is float:
         return isinstance(value, int | float)
     return isinstance(value, expected)

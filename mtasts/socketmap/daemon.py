@@ -105,6 +105,7 @@ async def serve(
         store=store,
         cache_size=config.cache_size,
         fetch_timeout=config.fetch_timeout,
+        fetch_idle_timeout=config.fetch_idle_timeout,
         max_concurrent_dns=plan.max_concurrent_dns,
         max_concurrent_fetches=plan.max_concurrent_fetches,
         queue_timeout=config.queue_timeout,
@@ -128,13 +129,19 @@ async def serve(
             max_connections=plan.max_connections,
             first_request_timeout=config.first_request_timeout,
             accept_batch=plan.accept_batch,
+            tlsrpt=config.tlsrpt,
         )
         try:
             await server.start()
         except OSError as exc:
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         try:
-            log.info("mtasts socketmap server listening on %s (store %s)", server.address, config.store)
+            log.info(
+                "mtasts socketmap server listening on %s (store %s; TLS-RPT attributes for %s)",
+                server.address,
+                config.store,
+                "every map name" if config.tlsrpt else "the map name QUERYwithTLSRPT",
+            )
             if ready is not None:
                 ready(server)
             await _wait_for_stop(stop)

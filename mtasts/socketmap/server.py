@@ -4,6 +4,9 @@ Connections carry pipelined requests, answered concurrently and replied to in or
 server bounds its connections (``max_connections``, the first-request and idle timeouts) and closes idle ones
 to make room. A request the cache can answer is answered without a task (:meth:`SocketmapServer._quick`, the
 hot path: ``python -m benchmarks.instructions --only socketmap`` counts its instructions).
+
+Requests on the map name ``QUERYwithTLSRPT`` (every name with ``tlsrpt=True``) are answered with Postfix 3.10's
+TLS-RPT attributes (:func:`~mtasts.socketmap.answers.format_tlsrpt`), memoised apart from the plain replies.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from .answers import (
     TEMP_INTERNAL_NETSTRING,
     TEMP_LOCAL_NETSTRING,
     TEMP_PENDING_NETSTRING,
+    TLSRPT_MAP_NAME,
     parse_key,
     policy_reply,
+    tlsrpt_reply,
 )
 
 __all__ = ["SocketmapServer"]
@@ -43,6 +48,16 @@ log = logging.getLogger("mtasts.socketmap")  # the package's logger: one name fo
 
 _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
 _LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
+
+
+class _TlsrptLookup(str):
+    """A normalised domain to look up whose answer carries the TLS-RPT attributes (a request on the TLS-RPT name).
+
+    :meth:`SocketmapServer._quick` returns the domain of a lookup it cannot answer from memory; a request on the
+    TLS-RPT name returns it as this subclass, so that the plain name's path carries no flag.
+    """
+
+    __slots__ = ()
 
 
 @dataclass(slots=True)
@@ -75,6 +90,10 @@ class SocketmapServer:
     (idle connections closed to make room), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP
     answers after ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local
     fault, or a DNS failure under ``dns_error = "defer"``).
+
+    A request on the map name ``QUERYwithTLSRPT`` — on every name with ``tlsrpt=True`` — is answered, for an
+    enforce policy, with the TLS-RPT attributes of Postfix >= 3.10 after the policy (docs/postfix.md, "TLS-RPT
+    with Postfix 3.10"); every other answer is the same on every name.
     """
 
     def __init__(
@@ -93,6 +112,7 @@ class SocketmapServer:
         first_request_timeout: float = 5.0,
         accept_batch: int = 100,
         listen_queue: int = 4096,
+        tlsrpt: bool = False,
     ) -> None:
         for name, count in [
             ("max_request", max_request),
@@ -110,6 +130,8 @@ class SocketmapServer:
             check_seconds(name, seconds, positive=True)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise UsageError(f"port must be 0 to 65535, not {port!r}")
+        if not isinstance(tlsrpt, bool):
+            raise UsageError(f"tlsrpt must be True or False, not {tlsrpt!r}")
         self.resolver = resolver
         # The resolver's hot path, read once (PolicyResolver sets it per instance, a closure shadowing the method).
         # Called through a local (_quick_unguarded): CPython 3.11 specialises no method lookup that finds an
@@ -135,7 +157,12 @@ class SocketmapServer:
         self.errors = 0
         self.timeouts = 0
         self.deferred = 0
-        self._replies: dict[Policy, bytes] = {}  # policy -> the encoded reply (memo)
+        # The memo of encoded replies: policy -> the plain reply; (domain as asked, policy) -> the TLS-RPT reply
+        # (policies are interned across domains, but a TLS-RPT reply names its domain). With tlsrpt=True no policy
+        # key is ever stored, so the plain name's hits fall through to _remember, which gives the TLS-RPT reply.
+        self._replies: dict[Policy | tuple[str, Policy], bytes] = {}
+        if tlsrpt:  # else the class attribute: a 30th instance attribute costs the answer path ~300 instructions
+            self._tlsrpt_every_name = True
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
         self._fresh: dict[_Connection, None] = {}  # open connections yet to send a complete request, oldest first
@@ -146,6 +173,9 @@ class SocketmapServer:
         self._limit_log = _LimitLog()
         self._closing = False
         self._stopped = asyncio.Event()
+
+    #: Every map name is answered with the TLS-RPT attributes (tlsrpt=True), not only TLSRPT_MAP_NAME.
+    _tlsrpt_every_name = False
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -195,6 +225,11 @@ class SocketmapServer:
         if self._server is None or not self._server.sockets:
             return f"{self.host}:{self._port} (not listening)"
         return ", ".join(format_host_port(*sock.getsockname()[:2]) for sock in self._server.sockets)
+
+    @property
+    def tlsrpt(self) -> bool:
+        """True when every map name is answered with the TLS-RPT attributes (not only ``QUERYwithTLSRPT``)."""
+        return self._tlsrpt_every_name
 
     @property
     def open_connections(self) -> int:
@@ -323,9 +358,12 @@ class SocketmapServer:
             return TEMP_INTERNAL_NETSTRING
 
     def _quick_unguarded(self, payload: bytes) -> bytes | str:
-        name, space, raw_key = payload.partition(b" ")
-        if not space or not name:
-            return PERM_REQUEST_NETSTRING
+        # The documented map name, "postfix", is recognised by the split itself (a payload starting "postfix " has
+        # an empty head): its path tests no name, and is _quick_named's for that name, inlined. Any other name —
+        # the TLS-RPT one, an empty one, no space at all — goes to _quick_named.
+        head, plain, raw_key = payload.partition(b"postfix ")
+        if head or not plain:
+            return self._quick_named(payload)
         try:
             key = raw_key.decode()
         except UnicodeDecodeError:
@@ -349,7 +387,32 @@ class SocketmapServer:
             return normalize_domain(domain)
         if policy is None:
             return NOTFOUND_NETSTRING
-        return self._replies.get(policy) or self._remember(policy)
+        return self._replies.get(policy) or self._remember(policy, domain)
+
+    def _quick_named(self, payload: bytes) -> bytes | str:
+        """:meth:`_quick_unguarded` for any map name: the TLS-RPT one gets the TLS-RPT reply (or lookup)."""
+        name, space, raw_key = payload.partition(b" ")
+        if not space or not name:
+            return PERM_REQUEST_NETSTRING
+        tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
+        try:
+            key = raw_key.decode()
+            domain = parse_key(key)
+        except (UnicodeDecodeError, DomainError):
+            return NOTFOUND_NETSTRING
+        if domain is None:
+            return NOTFOUND_NETSTRING
+        try:
+            policy = self._cached_policy(domain)
+        except DomainError:
+            return NOTFOUND_NETSTRING
+        if policy is NOT_CACHED:
+            return _TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain)
+        if policy is None:
+            return NOTFOUND_NETSTRING
+        if tlsrpt:
+            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
+        return self._replies.get(policy) or self._remember(policy, domain)
 
     async def _slow(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
@@ -373,13 +436,24 @@ class SocketmapServer:
         policy = lookup.policy
         if policy is None:
             return NOTFOUND_NETSTRING
-        return self._replies.get(policy) or self._remember(policy)
+        if type(domain) is _TlsrptLookup or self._tlsrpt_every_name:
+            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
+        return self._replies.get(policy) or self._remember(policy, domain)
 
-    def _remember(self, policy: Policy) -> bytes:
-        reply = policy_reply(policy)
+    def _remember(self, policy: Policy, domain: str) -> bytes:
+        """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``."""
+        if self._tlsrpt_every_name:
+            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
+        return self._memo(policy, policy_reply(policy))
+
+    def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes:
+        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised."""
+        return self._memo((str(domain), policy), tlsrpt_reply(policy, normalize_domain(domain)))
+
+    def _memo(self, key: Policy | tuple[str, Policy], reply: bytes) -> bytes:
         if len(self._replies) >= _REPLY_MEMO_SIZE:
             self._replies.clear()
-        self._replies[policy] = reply
+        self._replies[key] = reply
         return reply
 
 
