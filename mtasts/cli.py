@@ -195,6 +195,13 @@ def register_serve_socketmap(commands: Any) -> None:
         default=None,
         help="Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT (default off)",
     )
+    parser.add_argument(
+        "--dane",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer 'dane-only' for enforce domains whose MX hosts have DNSSEC-validated TLSA records (default on; "
+        "needs a validating resolver and Postfix's smtp_dns_support_level = dnssec)",
+    )
     add_world_options(parser)
     parser.set_defaults(handler=_serve_socketmap, policy_port=None)  # None: not given, the file or the default applies
 
@@ -218,6 +225,7 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         dns_error=args.dns_error,
         fetch_idle_timeout=args.fetch_idle_timeout,
         tlsrpt=args.tlsrpt,
+        dane=args.dane,
     )
 
 

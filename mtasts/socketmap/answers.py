@@ -29,10 +29,14 @@ from ..netstring import encode
 from ..policy import Mode, Policy
 
 __all__ = [
+    "DANE_ONLY",
+    "DANE_ONLY_NETSTRING",
     "NOTFOUND",
     "NOTFOUND_NETSTRING",
     "PERM_REQUEST",
     "PERM_REQUEST_NETSTRING",
+    "TEMP_DANE_MX",
+    "TEMP_DANE_MX_NETSTRING",
     "TEMP_DNS",
     "TEMP_DNS_NETSTRING",
     "TEMP_INTERNAL",
@@ -55,6 +59,11 @@ TEMP_PENDING: Final = b"TEMP policy lookup in progress"
 TEMP_INTERNAL: Final = b"TEMP internal error"
 TEMP_LOCAL: Final = b"TEMP MTA-STS lookup failed on this host (local error)"
 TEMP_DNS: Final = b"TEMP MTA-STS DNS lookup failed (dns_error = defer)"
+TEMP_DANE_MX: Final = b"TEMP DANE: the MX lookup failed"  # RFC 7672 §2.2.1: a failed MX lookup defers
+#: DANE governs the domain's MX hosts (mtasts.dane.postfix_level): Postfix then verifies TLSA itself, and needs
+#: smtp_dns_support_level = dnssec (docs/postfix.md, "DANE first"). Never with TLS-RPT attributes: Postfix
+#: reports DANE sessions itself, and rejects the sts attributes on a non-sts level.
+DANE_ONLY: Final = b"OK dane-only"
 PERM_REQUEST: Final = b'PERM malformed request: expected "<name> <key>"'
 
 # The same replies as the netstrings the server writes (encoded once).
@@ -63,6 +72,8 @@ TEMP_PENDING_NETSTRING: Final = encode(TEMP_PENDING)
 TEMP_INTERNAL_NETSTRING: Final = encode(TEMP_INTERNAL)
 TEMP_LOCAL_NETSTRING: Final = encode(TEMP_LOCAL)
 TEMP_DNS_NETSTRING: Final = encode(TEMP_DNS)
+TEMP_DANE_MX_NETSTRING: Final = encode(TEMP_DANE_MX)
+DANE_ONLY_NETSTRING: Final = encode(DANE_ONLY)
 PERM_REQUEST_NETSTRING: Final = encode(PERM_REQUEST)
 
 #: The socketmap name whose answers carry the TLS-RPT attributes (``socketmap:inet:127.0.0.1:8461:QUERYwithTLSRPT``):

@@ -68,6 +68,7 @@ class ServerConfig:
     cafile: str | None = None  # PEM trust store for policy hosts, instead of the system's
     policy_port: int = 443
     tlsrpt: bool = False  # Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT
+    dane: bool = True  # DANE first: enforce domains whose MX hosts have validated TLSA records get "OK dane-only"
 
     def __post_init__(self) -> None:
         for name, expected in _FIELD_TYPES.items():
@@ -139,6 +140,7 @@ _FIELD_TYPES: dict[str, type] = {
     "cafile": str,
     "policy_port": int,
     "tlsrpt": bool,
+    "dane": bool,
 }
 _OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile", "max_connections"})
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

@@ -15,9 +15,10 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
+from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError
 from ..resolver import PolicyResolver
-from .config import ServerConfig, plan_descriptors
+from .config import DescriptorPlan, ServerConfig, plan_descriptors
 from .server import SocketmapServer
 
 __all__ = ["raise_nofile_limit", "run", "serve"]
@@ -130,6 +131,7 @@ async def serve(
             first_request_timeout=config.first_request_timeout,
             accept_batch=plan.accept_batch,
             tlsrpt=config.tlsrpt,
+            dane=_dane_lookup(resolver, plan, config.queue_timeout) if config.dane else False,
         )
         try:
             await server.start()
@@ -137,10 +139,13 @@ async def serve(
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         try:
             log.info(
-                "mtasts socketmap server listening on %s (store %s; TLS-RPT attributes for %s)",
+                "mtasts socketmap server listening on %s (store %s; TLS-RPT attributes for %s; DANE %s)",
                 server.address,
                 config.store,
                 "every map name" if config.tlsrpt else "the map name QUERYwithTLSRPT",
+                "first (the resolver must validate DNSSEC; Postfix needs smtp_dns_support_level = dnssec)"
+                if config.dane
+                else "off",
             )
             if ready is not None:
                 ready(server)
@@ -156,6 +161,11 @@ async def serve(
             await server.aclose(config.shutdown_grace)
     finally:
         await resolver.aclose()
+
+
+def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:
+    """DANE's lookups through the resolver's DNS servers, within the DNS share of the descriptor plan."""
+    return DaneResolver(resolver.dns_resolver, limit=max(1, plan.max_concurrent_dns // 4), wait=queue_timeout)
 
 
 async def _wait_for_stop(stop: asyncio.Event | None) -> None:

@@ -19,19 +19,24 @@ import math
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from .._checks import check_count, check_seconds
+from ..dane import postfix_level
+from ..dane_lookup import DaneResolver
 from ..domain import normalize_domain
-from ..errors import DomainError, MTASTSError, UsageError
+from ..errors import DomainError, LocalError, MTASTSError, MXPermanentFailure, MXTransientFailure, UsageError
 from ..netstring import NetstringDecoder, NetstringError
 from ..options import format_host_port
-from ..policy import Policy
+from ..policy import Mode, Policy
 from ..resolver import NOT_CACHED, LookupStatus, PolicyResolver
 from .answers import (
+    DANE_ONLY_NETSTRING,
     NOTFOUND_NETSTRING,
     PERM_REQUEST_NETSTRING,
+    TEMP_DANE_MX_NETSTRING,
     TEMP_DNS_NETSTRING,
     TEMP_INTERNAL_NETSTRING,
     TEMP_LOCAL_NETSTRING,
@@ -67,6 +72,33 @@ class _LimitLog:
     counts: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # evicted, rejected
     logged_at: float = -math.inf
     timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class _Listen:
+    """Where and how the server listens (one attribute of the server: see ``_limit_log``)."""
+
+    port: int
+    unix_mode: int | None
+    accept_batch: int
+    listen_queue: int
+
+
+_DANE_CACHE_SIZE = 65536  # domains whose DANE state is remembered (cleared when full)
+
+
+@dataclass(slots=True)
+class _Dane:
+    """DANE first (RFC 8461 §2, RFC 7672): the lookups, and per normalised domain (expiry, reply) — the
+    ``OK dane-only`` netstring, or None when DANE does not apply and MTA-STS answers."""
+
+    lookup: DaneResolver
+    clock: Callable[[], float]
+    states: dict[str, tuple[float, bytes | None]] = dataclasses.field(default_factory=dict)
+    inflight: dict[str, asyncio.Future[bytes | None]] = dataclasses.field(default_factory=dict)
+    # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for); one per answer kind
+    replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
+    tlsrpt_replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
 
 
 class SocketmapServer:
@@ -113,6 +145,7 @@ class SocketmapServer:
         accept_batch: int = 100,
         listen_queue: int = 4096,
         tlsrpt: bool = False,
+        dane: bool | DaneResolver = False,
     ) -> None:
         for name, count in [
             ("max_request", max_request),
@@ -132,6 +165,8 @@ class SocketmapServer:
             raise UsageError(f"port must be 0 to 65535, not {port!r}")
         if not isinstance(tlsrpt, bool):
             raise UsageError(f"tlsrpt must be True or False, not {tlsrpt!r}")
+        if not isinstance(dane, bool | DaneResolver):
+            raise UsageError(f"dane must be True, False or a DaneResolver, not {dane!r}")
         self.resolver = resolver
         # The resolver's hot path, read once (PolicyResolver sets it per instance, a closure shadowing the method).
         # Called through a local (_quick_unguarded): CPython 3.11 specialises no method lookup that finds an
@@ -139,17 +174,14 @@ class SocketmapServer:
         # ~150 instructions more per answer, measured with python -m benchmarks.instructions.
         self._cached_policy = resolver.cached_policy
         self.host = host
-        self._port = port
         self.unix_path = unix_path
-        self.unix_mode = unix_mode
         self.max_request = max_request
         self.request_timeout = float(request_timeout)
         self.max_pipeline = max_pipeline
         self.idle_timeout = float(idle_timeout)
         self.max_connections = max_connections
         self.first_request_timeout = float(first_request_timeout)
-        self.accept_batch = accept_batch
-        self.listen_queue = max(listen_queue, accept_batch)
+        self._listen = _Listen(port, unix_mode, accept_batch, max(listen_queue, accept_batch))
         self.requests = 0
         self.connections = 0
         self.rejected = 0
@@ -160,9 +192,12 @@ class SocketmapServer:
         # The memo of encoded replies: policy -> the plain reply; (domain as asked, policy) -> the TLS-RPT reply
         # (policies are interned across domains, but a TLS-RPT reply names its domain). With tlsrpt=True no policy
         # key is ever stored, so the plain name's hits fall through to _remember, which gives the TLS-RPT reply.
-        self._replies: dict[Policy | tuple[str, Policy], bytes] = {}
+        self._replies: dict[Policy | tuple[str, Policy] | tuple[str, Policy, bool], bytes] = {}
         if tlsrpt:  # else the class attribute: a 30th instance attribute costs the answer path ~300 instructions
             self._tlsrpt_every_name = True
+        if dane is not False:  # DANE state per domain, looked up through the resolver's own DNS resolver
+            lookup = dane if isinstance(dane, DaneResolver) else DaneResolver(resolver.dns_resolver)
+            self._dane = _Dane(lookup, resolver.clock)
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
         self._fresh: dict[_Connection, None] = {}  # open connections yet to send a complete request, oldest first
@@ -176,6 +211,25 @@ class SocketmapServer:
 
     #: Every map name is answered with the TLS-RPT attributes (tlsrpt=True), not only TLSRPT_MAP_NAME.
     _tlsrpt_every_name = False
+    #: DANE first (dane=True): None, the class default, answers as MTA-STS alone.
+    _dane: _Dane | None = None
+
+    @property
+    def unix_mode(self) -> int | None:
+        return self._listen.unix_mode
+
+    @property
+    def accept_batch(self) -> int:
+        return self._listen.accept_batch
+
+    @property
+    def listen_queue(self) -> int:
+        return self._listen.listen_queue
+
+    @property
+    def dane(self) -> bool:
+        """True when enforce domains whose MX hosts have validated TLSA records are answered ``OK dane-only``."""
+        return self._dane is not None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -203,7 +257,7 @@ class SocketmapServer:
                 os.chmod(self.unix_path, self.unix_mode)
         else:
             self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self._port, reuse_address=True, backlog=self.accept_batch
+                lambda: _Connection(self), self.host, self._listen.port, reuse_address=True, backlog=self.accept_batch
             )
         for sock in self._server.sockets:  # asyncio's backlog is both; a longer queue drops no SYN in a burst
             with sock.dup() as listening:
@@ -223,7 +277,7 @@ class SocketmapServer:
         if self.unix_path is not None:
             return f"unix:{self.unix_path}"
         if self._server is None or not self._server.sockets:
-            return f"{self.host}:{self._port} (not listening)"
+            return f"{self.host}:{self._listen.port} (not listening)"
         return ", ".join(format_host_port(*sock.getsockname()[:2]) for sock in self._server.sockets)
 
     @property
@@ -436,25 +490,135 @@ class SocketmapServer:
         policy = lookup.policy
         if policy is None:
             return NOTFOUND_NETSTRING
+        dane = self._dane
+        if dane is not None and policy.mode is Mode.ENFORCE:  # DANE first (RFC 8461 §2)
+            tlsrpt = type(domain) is _TlsrptLookup or self._tlsrpt_every_name
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    reply = await self._dane_state(dane, str(domain))
+            except TimeoutError:
+                self.timeouts += 1
+                log.info("DANE lookup for %s still running after %g s: answered TEMP", domain, self.request_timeout)
+                return TEMP_PENDING_NETSTRING
+            except _DaneDeferred as deferred:
+                self.deferred += 1
+                log.info("DANE lookup for %s: %s: answered TEMP", domain, deferred.why)
+                return deferred.reply
+            except Exception:
+                self.errors += 1
+                log.exception("DANE lookup for %s failed", domain)
+                return TEMP_INTERNAL_NETSTRING
+            return reply or self._sts_reply(str(domain), policy, tlsrpt)
         if type(domain) is _TlsrptLookup or self._tlsrpt_every_name:
-            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        return self._replies.get(policy) or self._remember(policy, domain)
+            answer = self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
+        else:
+            answer = self._replies.get(policy) or self._remember(policy, domain)
+        assert isinstance(answer, bytes)  # a domain to look up comes back only for DANE, handled above
+        return answer
 
-    def _remember(self, policy: Policy, domain: str) -> bytes:
-        """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``."""
+    def _remember(self, policy: Policy, domain: str) -> bytes | str:
+        """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
+        DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known)."""
+        dane = self._dane
+        if dane is not None and policy.mode is Mode.ENFORCE:
+            memo = dane.tlsrpt_replies if self._tlsrpt_every_name else dane.replies
+            entry = memo.get(domain)
+            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
+                return entry[1]
+            return self._dane_quick(domain, policy, self._tlsrpt_every_name)
         if self._tlsrpt_every_name:
             return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
         return self._memo(policy, policy_reply(policy))
 
-    def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes:
-        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised."""
+    def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes | str:
+        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's)."""
+        dane = self._dane
+        if dane is not None and policy.mode is Mode.ENFORCE:
+            entry = dane.tlsrpt_replies.get(domain)
+            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
+                return entry[1]
+            return self._dane_quick(domain, policy, True)
         return self._memo((str(domain), policy), tlsrpt_reply(policy, normalize_domain(domain)))
 
-    def _memo(self, key: Policy | tuple[str, Policy], reply: bytes) -> bytes:
+    # -- DANE first ---------------------------------------------------------------------------------------------
+    # With DANE on, no enforce reply is memoised under the keys the hit path reads (the policy, (domain, policy)):
+    # such hits fall through to _remember / _remember_tlsrpt, and from there here.
+
+    def _dane_quick(self, domain: str, policy: Policy, tlsrpt: bool) -> bytes | str:
+        """The answer from the domain's remembered DANE state (memoised for the hit path), or the domain to look
+        up (unknown or expired)."""
+        dane = self._dane
+        assert dane is not None
+        entry = dane.states.get(domain)
+        if entry is None or entry[0] <= dane.clock():
+            normalized = normalize_domain(domain)
+            return _TlsrptLookup(normalized) if tlsrpt else normalized
+        reply = entry[1] or self._sts_reply(domain, policy, tlsrpt)
+        memo = dane.tlsrpt_replies if tlsrpt else dane.replies
+        if len(memo) >= _DANE_CACHE_SIZE:
+            memo.clear()
+        memo[domain] = (entry[0], reply, policy)
+        return reply
+
+    def _sts_reply(self, domain: str, policy: Policy, tlsrpt: bool) -> bytes:
+        """MTA-STS's reply for a domain DANE does not govern (memoised per domain: the hit path never sees it)."""
+        key = (domain, policy, tlsrpt)
+        reply = self._replies.get(key)
+        if reply is None:
+            reply = tlsrpt_reply(policy, normalize_domain(domain)) if tlsrpt else policy_reply(policy)
+            self._memo(key, reply)
+        return reply
+
+    async def _dane_state(self, dane: _Dane, domain: str) -> bytes | None:
+        """``OK dane-only`` or None (MTA-STS answers) for ``domain``: remembered, or looked up once for all
+        the requests that want it now. Raises :class:`_DaneDeferred` when it cannot be known now."""
+        entry = dane.states.get(domain)
+        if entry is not None and entry[0] > dane.clock():
+            return entry[1]
+        pending = dane.inflight.get(domain)
+        if pending is None:
+            pending = asyncio.ensure_future(self._dane_fetch(dane, domain))
+            dane.inflight[domain] = pending
+            pending.add_done_callback(lambda done: _settle(dane, domain, done))
+        return await asyncio.shield(pending)
+
+    async def _dane_fetch(self, dane: _Dane, domain: str) -> bytes | None:
+        try:
+            state, ttl = await dane.lookup.domain(domain)
+        except MXPermanentFailure:  # NXDOMAIN or a null MX: no DANE; Postfix will find no MX either
+            reply, ttl = None, 300.0
+        except MXTransientFailure as exc:  # RFC 7672 §2.2.1: a failed MX lookup defers (not remembered)
+            raise _DaneDeferred(TEMP_DANE_MX_NETSTRING, exc.message) from None
+        except LocalError as exc:  # a fault on this side says nothing about the domain (not remembered)
+            raise _DaneDeferred(TEMP_LOCAL_NETSTRING, exc.message) from None
+        else:
+            reply = DANE_ONLY_NETSTRING if postfix_level(state) == "dane-only" else None
+        if len(dane.states) >= _DANE_CACHE_SIZE:
+            dane.states.clear()
+        dane.states[domain] = (dane.clock() + ttl, reply)
+        return reply
+
+    def _memo(self, key: Policy | tuple[str, Policy] | tuple[str, Policy, bool], reply: bytes) -> bytes:
         if len(self._replies) >= _REPLY_MEMO_SIZE:
             self._replies.clear()
         self._replies[key] = reply
         return reply
+
+
+class _DaneDeferred(Exception):
+    """DANE's state cannot be known now: answer ``reply`` (a TEMP netstring)."""
+
+    def __init__(self, reply: bytes, why: str) -> None:
+        super().__init__(why)
+        self.reply, self.why = reply, why
+
+
+def _settle(dane: _Dane, domain: str, done: asyncio.Future[bytes | None]) -> None:
+    """A finished DANE lookup: forget it, and mark its exception seen (its waiters may all have gone)."""
+    if dane.inflight.get(domain) is done:
+        del dane.inflight[domain]
+    if not done.cancelled():
+        done.exception()
 
 
 class _Connection(asyncio.Protocol):
