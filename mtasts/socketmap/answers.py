@@ -107,10 +107,11 @@ def format_policy(policy: Policy) -> str | None:
 #                                    "{" and "}" to protect whitespace"; whitespace after "{", around "=" and
 #                                    before "}" is ignored. Postfix hands them to the TLS-RPT library as the
 #                                    report's policy-string (RFC 8460 §4.4).
+#   policy_ttl=time                  the policy's max_age: named by mtasts's API contract (../shared/api.md) and
+#                                    accepted by Postfix 3.10, which marks it "(deprecated) The time value is not
+#                                    used, and support for this attribute will eventually be removed" — when a
+#                                    Postfix release drops it, so will this answer (docs/decisions.md).
 # Not sent:
-#   policy_ttl=time                  "(deprecated) The time value is not used, and support for this attribute will
-#                                    eventually be removed" — a Postfix without it would call the whole answer
-#                                    invalid ("invalid attribute name") and defer every enforce domain's mail.
 #   policy_failure=type              only for a policy that failed; such a domain is answered NOTFOUND (§3.3).
 # "match=" stays: Postfix 3.10.0-3.10.4 match certificates against it, and 3.10.5+ transform the policy (match the
 # MX host name, connect only to MX hosts matching a pattern) only when match= is present (smtp_tls_policy.c).
@@ -128,7 +129,7 @@ def format_tlsrpt(policy: Policy, domain: str) -> str | None:
     ``domain`` is the Policy Domain, normalised (A-labels, lowercase). For RFC 8461 §3.2's example policy::
 
         secure match=mail.example.com:.example.net:backupmx.example.com servername=hostname policy_type=sts
-        policy_domain=example.com mx_host_pattern=mail.example.com mx_host_pattern=*.example.net
+        policy_domain=example.com policy_ttl=604800 mx_host_pattern=mail.example.com mx_host_pattern=*.example.net
         mx_host_pattern=backupmx.example.com { policy_string = version: STSv1 } { policy_string = mode: enforce }
         { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net }
         { policy_string = mx: backupmx.example.com } { policy_string = max_age: 604800 }
@@ -141,7 +142,7 @@ def format_tlsrpt(policy: Policy, domain: str) -> str | None:
         return None
     patterns = "".join(f" mx_host_pattern={pattern}" for pattern in dict.fromkeys(policy.mx))
     strings = "".join(f" {{ policy_string = {line} }}" for line in policy.lines() if _UNQUOTABLE.search(line) is None)
-    return f"{text} policy_type=sts policy_domain={domain}{patterns}{strings}"
+    return f"{text} policy_type=sts policy_domain={domain} policy_ttl={policy.max_age}{patterns}{strings}"
 
 
 def parse_key(key: str) -> str | None:
