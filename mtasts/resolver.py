@@ -31,6 +31,7 @@ The ``clock`` is the only time source for every cache decision, read through a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -70,6 +71,7 @@ from .fetch import PolicyFetcher
 from .policy import Mode, Policy, parse_policy
 from .stores._base import PolicyStore, StoredPolicy
 from .stores._link import StoreLink, StoreUnavailable
+from .stores.fleet import FleetUnavailable, Lease, RedisFleet, SharedNegative
 from .tls import create_client_context, ensure_strict
 from .txt import explain_txt_records, is_policy_id, select_txt_record
 
@@ -273,6 +275,9 @@ class PolicyResolver:
         )
         self._failure_backoff = failure_backoff
         self._store = StoreLink(store, retry_after=store_retry) if store is not None else None
+        # One lookup per cold domain across the processes sharing this store (RedisStore(fleet_single_flight=True))
+        fleet = getattr(store, "fleet", None)
+        self._fleet: RedisFleet | None = fleet if isinstance(fleet, RedisFleet) else None
         self._started: asyncio.Future[None] | None = None
         self._negative_ttl = negative_ttl
         self._dns_error_ttl = dns_error_ttl
@@ -694,7 +699,94 @@ class PolicyResolver:
             self._cache.pop(key)  # §3.3: an expired policy is never used, not even as a fallback
             entry = None
             self._persist(key)
+        if self._fleet is not None and entry is None and not refresh and unread is None:
+            return await self._resolve_in_fleet(self._fleet, key)
+        return await self._resolve_alone(key, entry, refresh=refresh, unread=unread)
 
+    # -- one lookup per domain across a fleet (mtasts.stores.fleet) -------------------------------------------
+
+    async def _resolve_in_fleet(self, fleet: RedisFleet, key: str) -> PolicyLookup:
+        """A cold lookup with nothing stored: lead it for the fleet (holding the domain's lease) and share the
+        outcome, or wait for the process that leads it and adopt its outcome. Fleet trouble: look up alone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + fleet.max_wait
+        try:
+            for _ in range(int(fleet.max_wait / fleet.poll) + 2):  # bounded in count as in time
+                lease = await fleet.acquire(key)
+                if lease is not None:
+                    return await self._lead(fleet, lease)
+                await asyncio.sleep(fleet.poll)
+                if await fleet.held(key) and loop.time() < deadline:
+                    continue
+                shared = await self._shared_outcome(fleet, key)
+                if shared is not None:
+                    return shared
+                if loop.time() >= deadline:
+                    break  # a live holder that takes too long: look up alone
+                # the lease is gone without an outcome (its holder died, or could not share): try to lead
+        except FleetUnavailable as exc:
+            log.debug("fleet lease for %s unavailable (%s): looking up alone", key, exc)
+        return await self._resolve_alone(key, None, refresh=False, unread=None)
+
+    async def _lead(self, fleet: RedisFleet, lease: Lease) -> PolicyLookup:
+        key = lease.domain
+        keeper = asyncio.ensure_future(fleet.keep_alive(lease))
+        try:
+            lookup = await self._resolve_alone(key, None, refresh=False, unread=None)
+            await self._share(fleet, key, lookup)
+            return lookup
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(FleetUnavailable):  # else it expires within fleet.ttl
+                await fleet.release(lease)
+
+    async def _share(self, fleet: RedisFleet, key: str, lookup: PolicyLookup) -> None:
+        """What the others need before the lease goes: the store row written now, or the negative answer."""
+        try:
+            if self._store is not None:
+                await self._store.flush()  # a fetched policy, or a failure's back-off, as the domain's row
+            remembered = self._negative.item(key)
+            if remembered is not None and lookup.status is not LookupStatus.FETCHED:
+                until, answer = remembered
+                negative = SharedNegative(
+                    answer.status.value, answer.error, until - self._now(), answer.result_type, answer.defer
+                )
+                await fleet.put_negative(negative, key)
+        except FleetUnavailable as exc:
+            log.debug("could not share the lookup of %s with the fleet (%s)", key, exc)
+
+    async def _shared_outcome(self, fleet: RedisFleet, key: str) -> PolicyLookup | None:
+        """The outcome another process shared: its stored policy (adopted), or its negative answer."""
+        now = self._now()
+        if self._store is not None:
+            try:
+                row = await self._store.get(key)
+            except StoreUnavailable:
+                row = None
+            if row is not None and row.has_policy:
+                self._adopt(row, now, {})
+                adopted = self._cache.get(key)
+                if adopted is not None and not adopted.is_expired(now):
+                    return self._cached_lookup(key, adopted)
+        negative = await fleet.negative(key)
+        if negative is None:
+            return None
+        try:
+            status = LookupStatus(negative.status)
+        except ValueError:
+            return None
+        if status not in (LookupStatus.NO_POLICY, LookupStatus.DNS_ERROR, LookupStatus.FETCH_ERROR):
+            return None  # never adopt a "no policy" kind this process would not itself remember
+        lookup = PolicyLookup(
+            key, status, result_type=negative.result_type, error=negative.error, defer=negative.defer, from_cache=True
+        )
+        self._negative.put(key, lookup, now + negative.ttl)
+        return lookup
+
+    async def _resolve_alone(
+        self, key: str, entry: CacheEntry | None, *, refresh: bool, unread: str | None
+    ) -> PolicyLookup:
+        """The TXT query, then the fetch if the table says so (:func:`~mtasts.decision.after_txt`)."""
         checked = await self._check_txt(key)
         answer = checked.answer
         decision = after_txt(
