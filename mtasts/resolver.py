@@ -732,6 +732,10 @@ class PolicyResolver:
         key = lease.domain
         keeper = asyncio.ensure_future(fleet.keep_alive(lease))
         try:
+            # another process may have finished between our store read and the lease: look once more
+            shared = await self._shared_outcome(fleet, key)
+            if shared is not None:
+                return shared
             lookup = await self._resolve_alone(key, None, refresh=False, unread=None)
             await self._share(fleet, key, lookup)
             return lookup
