@@ -48,15 +48,19 @@ def check_store_spec(spec: object) -> str:
     if isinstance(spec, str) and (
         spec in ("memory", "sqlite")
         or (spec.startswith("sqlite:") and len(spec) > len("sqlite:"))
-        or spec.startswith(("redis://", "rediss://", "unix://"))
+        or spec.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"))
     ):
         return spec
-    raise UsageError(f"unknown store {spec!r}: memory, sqlite, sqlite:PATH or redis://HOST:PORT/DB")
+    raise UsageError(
+        f"unknown store {spec!r}: memory, sqlite, sqlite:PATH, redis://HOST:PORT/DB,"
+        " redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] or redis+cluster://HOST:PORT[,HOST:PORT...]"
+    )
 
 
 def open_store(spec: str) -> PolicyStore:
     """A store from a command-line spec: ``memory``, ``sqlite`` (the default file), ``sqlite:PATH``,
-    ``redis://...`` / ``rediss://...``."""
+    ``redis://...`` / ``rediss://...`` / ``unix://...``, ``redis+sentinel://...``, ``redis+cluster://...``
+    (see :class:`RedisStore`)."""
     check_store_spec(spec)
     if spec == "memory":
         return MemoryStore()
