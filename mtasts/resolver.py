@@ -711,13 +711,16 @@ class PolicyResolver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fleet.max_wait
         try:
-            for _ in range(int(fleet.max_wait / fleet.poll) + 2):  # bounded in count as in time
+            for _ in range(_FLEET_ROUNDS):  # bounded in count as in time
                 lease = await fleet.acquire(key)
                 if lease is not None:
                     return await self._lead(fleet, lease)
-                await asyncio.sleep(fleet.poll)
-                if await fleet.held(key) and loop.time() < deadline:
-                    continue
+                delay = fleet.poll
+                for _ in range(_FLEET_POLLS):  # wait while another process holds the lease
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 1.5, fleet.ttl / 3, 0.5)  # a long fetch is not polled 20 times a second
+                    if loop.time() >= deadline or not await fleet.held(key):
+                        break
                 shared = await self._shared_outcome(fleet, key)
                 if shared is not None:
                     return shared
@@ -902,6 +905,9 @@ class PolicyResolver:
             if callback is not None:
                 _call_safely(callback, failure)
 
+
+_FLEET_ROUNDS = 4  # leases a waiter tries to take before it looks up alone (each holder may die in turn)
+_FLEET_POLLS = 1000  # polls of one holder's lease at most (the wait is bounded in time by max_wait too)
 
 #: The TXT query's end, as the decision table sees it (with no valid record: RECORD is decided by the selection).
 _TXT_OUTCOMES = {

@@ -21,6 +21,7 @@ a Redis Cluster hash tag (``{domain}``), so a domain's lease and negative answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import Callable
@@ -65,7 +66,8 @@ class RedisFleet:
 
     ``ttl``: a lease lives this long without a renewal (so a dead holder is noticed this fast); ``poll``: how
     often a waiter looks; ``max_wait``: the longest a waiter waits for a live holder before looking up alone;
-    ``timeout``: the bound on each Redis command of the protocol.
+    ``timeout``: the bound on each Redis command of the protocol; ``guard()``: an async context entered around
+    each command (the store's connection queue).
     """
 
     def __init__(
@@ -77,16 +79,18 @@ class RedisFleet:
         poll: float = 0.05,
         max_wait: float = 30.0,
         timeout: float = 2.0,
+        guard: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         for name, value in (("ttl", ttl), ("poll", poll), ("max_wait", max_wait), ("timeout", timeout)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, not {value!r}")
         self._client = client
+        self._guard = guard or contextlib.nullcontext
         self._namespace = namespace
         self.ttl, self.poll, self.max_wait, self.timeout = ttl, poll, max_wait, timeout
 
     def _lease_key(self, domain: str) -> str:
-        return f"{self._namespace}:lease:{{{domain}}}"
+        return f"{self._namespace}:lease:{{{domain}}}"  # the domain as hash tag: one Redis Cluster slot
 
     def _negative_key(self, domain: str) -> str:
         return f"{self._namespace}:negative:{{{domain}}}"
@@ -94,9 +98,8 @@ class RedisFleet:
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, bounded by :attr:`timeout`; every failure becomes :class:`FleetUnavailable`."""
         try:
-            client = self._client()
-            async with asyncio.timeout(self.timeout):
-                return await getattr(client, method)(*args, **kwargs)
+            async with asyncio.timeout(self.timeout), self._guard():
+                return await getattr(self._client(), method)(*args, **kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # redis-py's errors, OSError, timeouts, a closed store: all "not now"
@@ -150,12 +153,14 @@ class RedisFleet:
 
     async def _call_pipeline(self, key: str) -> tuple[Any, Any]:
         try:
-            client = self._client()
-            async with asyncio.timeout(self.timeout):
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.get(key)
-                    pipe.pttl(key)
-                    raw, remaining = await pipe.execute()
+            async with (
+                asyncio.timeout(self.timeout),
+                self._guard(),
+                self._client().pipeline(transaction=False) as pipe,
+            ):
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, remaining = await pipe.execute()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -74,6 +74,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from ..errors import LocalError
 from ._base import _TEXT_FIELDS, _TIME_FIELDS, DamagedRowError, SessionCount, StoredPolicy, validate_row
+from .fleet import RedisFleet
 
 __all__ = ["CLUSTER_SCHEME", "FORMAT_VERSION", "SENTINEL_SCHEME", "PoolTimeoutError", "RedisStore"]
 
@@ -259,6 +260,9 @@ class RedisStore:
         socket_timeout: float = 2.0,
         max_connections: int = 64,
         pool_timeout: float | None = None,
+        fleet_single_flight: bool = True,
+        fleet_lease_ttl: float = 3.0,
+        fleet_max_wait: float = 30.0,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
@@ -295,6 +299,20 @@ class RedisStore:
         self._closed = False
         self._skipped = 0
         self.pool_timeouts = 0  # calls that raised PoolTimeoutError
+        #: One lookup per cold domain across the processes sharing this Redis (mtasts.stores.fleet), or None.
+        #: Its commands queue for the same connection slots as the store's own (a busy fleet never starves reads).
+        self.fleet: RedisFleet | None = (
+            RedisFleet(
+                self._client,
+                namespace,
+                ttl=fleet_lease_ttl,
+                max_wait=fleet_max_wait,
+                timeout=socket_timeout + pool_timeout,
+                guard=self._call,
+            )
+            if fleet_single_flight
+            else None
+        )
 
     # -- the client -------------------------------------------------------------------------------------------
 
