@@ -36,7 +36,7 @@ from typing import Any
 from .workers import WorldEnv, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hit", "load", "cold", "herd", "memory", "stores", "socketmap", "recorder")
+SECTIONS = ("hit", "load", "cold", "herd", "fleet", "memory", "stores", "socketmap", "recorder")
 
 
 class Progress:
@@ -255,6 +255,42 @@ async def section_herd(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
     return {"herd": {"tasks": tasks, "txt_queries": m["txt_queries"], "https_requests": m["https_requests"],
                      "address_queries": m["address_queries"], "peer_txt_queries": p["txt_queries"],
                      "peer_https_requests": p["https_requests"]}, "herd_errors": _errors(m, p)}  # fmt: skip
+
+
+async def section_fleet(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    from mtasts.testing.redis import redis_server  # noqa: PLC0415
+
+    from .fleet import PROCESSES, run_fleet  # noqa: PLC0415
+
+    count = 500
+    domains = [f"f{i}.fleet.example" for i in range(count)]
+
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+        for i, domain in enumerate(domains):
+            world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.p{i % 100}.example\nmax_age: 604800\n")
+            world.server_ssl_context(f"mta-sts.{domain}")
+        results: dict[str, Any] = {}
+        try:
+            async with redis_server() as server:
+                progress.show(f"fleet: {PROCESSES} processes sharing redis, {count} cold domains at once")
+                results["redis"] = await run_fleet(world, env, domains, server.url, PROCESSES)
+        except FileNotFoundError as exc:
+            results["redis"] = {"error": str(exc)}
+        progress.show(f"fleet: {PROCESSES} processes with memory stores (no sharing), {count} cold domains")
+        results["memory"] = await run_fleet(world, env, domains, None, PROCESSES)
+        return results
+
+    results = await _with_world(body)
+    rows = [
+        [f"{PROCESSES} x RedisStore (fleet single-flight)" if kind == "redis" else f"{PROCESSES} x memory store",
+         _fmt(r.get("fetches_per_domain"), "", 2), _fmt(r.get("txt_per_domain"), "", 2),
+         _fmt(r.get("seconds"), " s", 2),
+         "goal <= 1.1 each" if kind == "redis" else str(r.get("error", ""))]
+        for kind, r in results.items()
+    ]  # fmt: skip
+    ctx["tables"].append(_table(f"Fleet: {PROCESSES} processes meet the same {count} cold domains at once",
+                                ["fleet", "fetches/domain", "TXT/domain", "wall", "note"], rows))  # fmt: skip
+    return {"fleet": {**results["redis"], "memory": results["memory"]}}
 
 
 async def section_memory(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
@@ -477,7 +513,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer": peer,
     }
     sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
-        "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "memory": section_memory,
+        "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "fleet": section_fleet,
+        "memory": section_memory,
         "stores": section_stores, "socketmap": section_socketmap, "recorder": section_recorder,
     }  # fmt: skip
     for name in args.only or SECTIONS:
