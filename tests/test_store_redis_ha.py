@@ -167,7 +167,7 @@ async def test_a_full_pool_fails_one_lookup_and_marks_nothing_down(server: Redis
         with pytest.raises(StoreUnavailable):
             await link.get("b.example")
         assert 0.15 < loop.time() - started < 1.0
-        assert link.readable and link.outages == 0 and link.damaged == 1  # this lookup only: "try again later"
+        assert link.readable and link.outages == 0 and link.busy == 1  # this lookup only: "try again later"
         with pytest.raises(PoolTimeoutError) as raised:
             await store.get("b.example")
         assert isinstance(raised.value, LocalError) and isinstance(raised.value, DamagedRowError)

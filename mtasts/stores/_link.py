@@ -56,6 +56,7 @@ class StoreLink:
         self.written = 0
         self.skipped = 0  # rows that failed validate_row
         self.damaged = 0  # reads that met damaged storage
+        self.busy = 0  # reads refused by a limit on this host (a full connection queue): no outage
 
     # -- outage state -------------------------------------------------------------------------------------------
 
@@ -99,6 +100,11 @@ class StoreLink:
             raise StoreUnavailable("the policy store is down")
         try:
             row = await self.store.get(domain)
+        except LocalError as exc:  # our own limit (e.g. the connection pool's queue): this read only
+            self.busy += 1
+            if self.busy == 1 or self.busy % 1000 == 0:
+                log.warning("policy store busy on this host: %s (%d such reads so far)", exc.message, self.busy)
+            raise StoreUnavailable(f"the policy store could not be read now ({exc.message})") from None
         except DamagedRowError as exc:  # this row only: the store is not down
             self.damaged += 1
             if self.damaged == 1 or self.damaged % 1000 == 0:
@@ -131,7 +137,10 @@ class StoreLink:
                 if valid is not None:
                     yield valid
         except Exception as exc:
-            self._failed("read", "scan", exc)
+            if isinstance(exc, LocalError):  # our own limit: no outage (the rows stay readable one by one)
+                log.warning("policy store scan stopped on this host's limit: %s", exc)
+            else:
+                self._failed("read", "scan", exc)
             return
         self._succeeded("read")
 
@@ -164,7 +173,8 @@ class StoreLink:
         except Exception as exc:
             for domain, row in batch.items():  # keep them, unless something newer came meanwhile
                 self._pending.setdefault(domain, row)
-            self._failed("write", "write", exc)
+            if not isinstance(exc, LocalError):  # our own limit is no outage: the next write retries
+                self._failed("write", "write", exc)
             return False
         self.written += len(batch)
         self._succeeded("write")
