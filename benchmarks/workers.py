@@ -2,9 +2,11 @@
 
 Each implementation module (``benchmarks.mtasts_impl``, ``benchmarks.peer_impl``) exposes async functions
 (``hit``, ``load``, ``cold``, ``herd``, ``memory``) taking JSON-able keyword arguments and returning a JSON-able
-dict. ``python -m benchmarks.workers IMPL COMMAND ARGS_JSON`` (``-``: the JSON comes on stdin) runs one and
-prints its result as one JSON line; :func:`run_worker` does that from the runner, with extra environment
-variables (the peer needs ``SSL_CERT_FILE`` and ``https_proxy`` set before aiohttp is imported).
+dict. ``python -m benchmarks.workers IMPL COMMAND ARGS_JSON [LOOP]`` (``-``: the JSON comes on stdin) runs one
+and prints its result as one JSON line; :func:`run_worker` does that from the runner, with extra environment
+variables (the peer needs ``SSL_CERT_FILE`` and ``https_proxy`` set before aiohttp is imported). ``LOOP`` is
+``asyncio`` (the default) or ``uvloop`` (the event loop the step runs on; the socketmap load client always takes
+uvloop when it is installed).
 """
 
 from __future__ import annotations
@@ -39,10 +41,26 @@ class WorldEnv:
         return asdict(self)
 
 
+def uvloop_available() -> bool:
+    """Whether uvloop can be imported here (the ``fast`` extra, or the ``bench`` one)."""
+    try:
+        import uvloop  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
 async def run_worker(
-    impl: str, command: str, args: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float = 1800
+    impl: str,
+    command: str,
+    args: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+    loop: str = "asyncio",
 ) -> dict[str, Any]:
-    """Run ``impl.command(**args)`` in a subprocess; return its result (or ``{"error": ...}``)."""
+    """Run ``impl.command(**args)`` in a subprocess on the event loop ``loop``; return its result (or
+    ``{"error": ...}``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -51,6 +69,7 @@ async def run_worker(
         impl,
         command,
         "-",  # the arguments come on stdin: a list of 10,000 domains does not fit in argv
+        loop,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -73,12 +92,19 @@ async def run_worker(
 
 
 def main(argv: list[str]) -> int:
-    impl, command, raw_args = argv
+    impl, command, raw_args, *rest = argv
+    loop = rest[0] if rest else "asyncio"
     if raw_args == "-":
         raw_args = sys.stdin.read()
     module = importlib.import_module(IMPLEMENTATIONS[impl])
     function = getattr(module, command)
-    if impl == "client":
+    if loop == "uvloop":
+        import uvloop  # noqa: PLC0415
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif loop != "asyncio":
+        raise SystemExit(f"unknown event loop {loop!r}: asyncio or uvloop")
+    elif impl == "client":
         # The load generator must cost less per request than the servers it measures: uvloop if available.
         try:
             import uvloop  # noqa: PLC0415
