@@ -24,6 +24,8 @@ import redis.asyncio
 
 from mtasts.testing.redis import RedisServer, redis_server
 
+from ._process import stop_process
+
 __all__ = [
     "ClusterGroup",
     "RedisProcess",
@@ -122,16 +124,7 @@ class RedisProcess:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGCONT)
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
+        await stop_process(process, _STOP_TIMEOUT, resume=True)
 
 
 def _server_arguments(port: int, directory: Path, *extra: str) -> list[str]:

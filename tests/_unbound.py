@@ -44,7 +44,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -72,6 +71,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ._process import stop_process
 
 __all__ = [
     "BOGUS",
@@ -577,16 +578,8 @@ class SignedDNS:
     async def stop(self) -> None:
         """SIGTERM to unbound's pid, SIGKILL if it has not exited within a few seconds."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
+        if process is not None:
+            await stop_process(process, _STOP_TIMEOUT)
 
 
 @contextlib.asynccontextmanager
