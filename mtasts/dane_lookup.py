@@ -25,12 +25,11 @@ import dns.resolver
 from ._exceptions import local_os_error
 from ._gate import Gate
 from .dane import DomainDane, HostDane, TlsaAnswer, TlsaRecord, TlsaStatus, host_state, tlsa_name
-from .dns import DnsResolver, MxHosts, describe_failure, find_mx
+from .dns import DNS_FAILURES, DnsResolver, MxHosts, describe_failure, describe_local_error, find_mx
 from .errors import LocalError
 
 __all__ = ["DaneResolver", "validating_resolver"]
 
-_DNS_FAILURES = (dns.exception.DNSException, OSError, ValueError, EOFError)
 _MIN_TTL = 60.0  # a DANE state is re-checked at least this long after it was found...
 _MAX_TTL = 3600.0  # ...and at most this long (a TLSA rollover must be seen in good time)
 
@@ -86,10 +85,10 @@ class DaneResolver:
             return _Asked(secure=secure, ttl=_negative_ttl(responses))
         except LocalError as exc:
             return _Asked(error=exc.message, local=True)
-        except _DNS_FAILURES as exc:
+        except DNS_FAILURES as exc:
             local = local_os_error(exc)
             if local is not None:
-                return _Asked(error=f"{name}: {local.strerror or local}", local=True)
+                return _Asked(error=f"{name}: {describe_local_error(local)}", local=True)
             return _Asked(error=describe_failure(exc, self.resolver, name, dns.rdatatype.to_text(rdtype)))
         secure = bool(answer.response.flags & dns.flags.AD)
         if answer.rrset is None:

@@ -34,6 +34,7 @@ from ._gate import Gate
 from .errors import HostLookupError, LocalError, MXPermanentFailure, MXTransientFailure
 
 __all__ = [
+    "DNS_FAILURES",
     "DnsResolver",
     "GatedResolver",
     "HostLookupError",
@@ -52,7 +53,7 @@ _T = TypeVar("_T")
 
 # What a failed dnspython call can raise beside DNSException: socket errors, and ValueError/EOFError from
 # malformed answers.
-_DNS_FAILURES = (dns.exception.DNSException, OSError, ValueError, EOFError)
+DNS_FAILURES = (dns.exception.DNSException, OSError, ValueError, EOFError)
 
 
 class DnsResolver(Protocol):
@@ -281,11 +282,11 @@ def describe_failure(exc: BaseException, resolver: object, name: str, rdtype: st
         return f"no DNS server answered {shown} {rdtype} (asked {servers(resolver)}{detail})"
     local = local_os_error(exc)
     if local is not None:
-        return _describe_local(local)
+        return describe_local_error(local)
     return f"DNS error asking {servers(resolver)} for {shown} {rdtype}: {_describe(exc)[:120]}"
 
 
-def _describe_local(exc: OSError) -> str:
+def describe_local_error(exc: OSError) -> str:
     return f"a local resource ran out: {exc.strerror or exc}"
 
 
@@ -313,10 +314,10 @@ async def query_txt(resolver: DnsResolver, name: str) -> TxtAnswer:
         return TxtAnswer(TxtStatus.NXDOMAIN)
     except LocalError as exc:
         return TxtAnswer(TxtStatus.LOCAL_ERROR, error=exc.message)
-    except _DNS_FAILURES as exc:
+    except DNS_FAILURES as exc:
         local = local_os_error(exc)
         if local is not None:
-            return TxtAnswer(TxtStatus.LOCAL_ERROR, error=_describe_local(local))
+            return TxtAnswer(TxtStatus.LOCAL_ERROR, error=describe_local_error(local))
         return TxtAnswer(TxtStatus.ERROR, error=describe_failure(exc, resolver, name, "TXT"))
     if answer.rrset is None:
         return TxtAnswer(TxtStatus.NODATA)
@@ -335,10 +336,10 @@ async def resolve_addresses(resolver: DnsResolver, host: str) -> list[str]:
             answer = await resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             raise HostLookupError(f"{host}: no such host (NXDOMAIN)") from None
-        except _DNS_FAILURES as exc:
+        except DNS_FAILURES as exc:
             local = local_os_error(exc)
             if local is not None:
-                raise LocalError(f"{host}: {_describe_local(local)}") from None
+                raise LocalError(f"{host}: {describe_local_error(local)}") from None
             problems.append(describe_failure(exc, resolver, host, dns.rdatatype.to_text(rdtype)))
             continue
         if answer.rrset is not None:
@@ -376,7 +377,7 @@ async def find_mx(resolver: DnsResolver, domain: str, *, rng: random.Random | No
         raise MXPermanentFailure(f"{domain}: no such domain (NXDOMAIN)") from None
     except LocalError as exc:
         raise MXTransientFailure(f"{domain}: MX lookup failed here ({exc.message})") from None
-    except _DNS_FAILURES as exc:
+    except DNS_FAILURES as exc:
         raise MXTransientFailure(
             f"{domain}: MX lookup failed ({describe_failure(exc, resolver, domain, 'MX')})"
         ) from None

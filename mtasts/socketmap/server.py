@@ -192,7 +192,7 @@ class SocketmapServer:
         # The memo of encoded replies: policy -> the plain reply; (domain as asked, policy) -> the TLS-RPT reply
         # (policies are interned across domains, but a TLS-RPT reply names its domain). With tlsrpt=True no policy
         # key is ever stored, so the plain name's hits fall through to _remember, which gives the TLS-RPT reply.
-        self._replies: dict[Policy | tuple[str, Policy] | tuple[str, Policy, bool], bytes] = {}
+        self._replies: dict[Policy | tuple[str, Policy], bytes] = {}
         if tlsrpt:  # else the class attribute: a 30th instance attribute costs the answer path ~300 instructions
             self._tlsrpt_every_name = True
         if dane is not False:  # DANE state per domain, looked up through the resolver's own DNS resolver
@@ -560,14 +560,10 @@ class SocketmapServer:
         memo[domain] = (entry[0], reply, policy)
         return reply
 
-    def _sts_reply(self, domain: str, policy: Policy, tlsrpt: bool) -> bytes:
-        """MTA-STS's reply for a domain DANE does not govern (memoised per domain: the hit path never sees it)."""
-        key = (domain, policy, tlsrpt)
-        reply = self._replies.get(key)
-        if reply is None:
-            reply = tlsrpt_reply(policy, normalize_domain(domain)) if tlsrpt else policy_reply(policy)
-            self._memo(key, reply)
-        return reply
+    @staticmethod
+    def _sts_reply(domain: str, policy: Policy, tlsrpt: bool) -> bytes:
+        """MTA-STS's reply for a domain DANE does not govern (the hit path keeps it in the DANE memo)."""
+        return tlsrpt_reply(policy, normalize_domain(domain)) if tlsrpt else policy_reply(policy)
 
     async def _dane_state(self, dane: _Dane, domain: str) -> bytes | None:
         """``OK dane-only`` or None (MTA-STS answers) for ``domain``: remembered, or looked up once for all
@@ -598,7 +594,7 @@ class SocketmapServer:
         dane.states[domain] = (dane.clock() + ttl, reply)
         return reply
 
-    def _memo(self, key: Policy | tuple[str, Policy] | tuple[str, Policy, bool], reply: bytes) -> bytes:
+    def _memo(self, key: Policy | tuple[str, Policy], reply: bytes) -> bytes:
         if len(self._replies) >= _REPLY_MEMO_SIZE:
             self._replies.clear()
         self._replies[key] = reply
