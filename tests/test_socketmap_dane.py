@@ -132,3 +132,23 @@ def test_dane_is_on_by_default_in_the_daemon_config(tmp_path: object) -> None:
     path = pathlib.Path(str(tmp_path)) / "socketmap.toml"
     path.write_text("dane = false\n")
     assert load_config(str(path)).dane is False
+
+
+async def test_a_full_dane_query_queue_on_this_host_is_temp_never_secure(
+    resolver: PolicyResolver, world: World
+) -> None:
+    from mtasts.dane_lookup import DaneResolver
+
+    dane_domain(world, "hung.example", tlsa_hosts=2)
+    await resolver.lookup("hung.example")
+    await resolver.lookup("all.example")  # both enforce policies cached
+    world.set_failure("hung.example", "timeout")  # its MX query holds the only DANE query slot
+    lookups = DaneResolver(world.resolver(), limit=1, wait=0.05)
+    async with SocketmapServer(resolver, port=0, dane=lookups) as server:
+        hung = asyncio.ensure_future(server.answer(b"postfix hung.example"))
+        await asyncio.sleep(0.05)
+        reply = await server.answer(b"postfix all.example")
+        assert reply == b"TEMP MTA-STS lookup failed on this host (local error)"
+        assert await hung == b"TEMP DANE: the MX lookup failed"
+        world.set_failure("hung.example", None)
+        assert await server.answer(b"postfix all.example") == DANE_ONLY  # not remembered: asked again
