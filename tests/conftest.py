@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -43,6 +44,15 @@ class FakeClock:
 
     def step(self, seconds: float) -> None:
         self.now += seconds
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]] | None:
+    """Every async test on asyncio's loop, or on uvloop with ``MTASTS_TEST_LOOP=uvloop`` (docs/testing.md)."""
+    if os.environ.get("MTASTS_TEST_LOOP", "asyncio") != "uvloop":
+        return None
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 # -- shared fixtures: the loopback world (DNS + HTTPS), its MX servers, an injected clock --------------------------

@@ -107,8 +107,10 @@ async def test_postmap_over_a_unix_socket(postfix_config: Path, resolver: Policy
         assert await postmap(postfix_config, "enforce.example", f"socketmap:unix:{path}:postfix") == (0, SECURE, b"")
 
 
-async def test_the_daemon_from_the_command_line(postfix_config: Path, world: World) -> None:
-    """``mtasts serve-socketmap`` as systemd would run it, queried by postmap, stopped by SIGTERM."""
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_the_daemon_from_the_command_line(postfix_config: Path, world: World, event_loop: str) -> None:
+    """``mtasts serve-socketmap`` as systemd would run it, queried by postmap, stopped by SIGTERM — on asyncio's
+    loop and on uvloop (``--event-loop``, the fast extra)."""
     daemon = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -124,6 +126,8 @@ async def test_the_daemon_from_the_command_line(postfix_config: Path, world: Wor
         world.ca_pem_path,
         "--policy-port",
         str(world.https_port),
+        "--event-loop",
+        event_loop,
         stderr=asyncio.subprocess.PIPE,
     )
     assert daemon.stderr is not None
@@ -135,6 +139,7 @@ async def test_the_daemon_from_the_command_line(postfix_config: Path, world: Wor
                 match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
                 if match:
                     break
+        assert f"event loop {event_loop}" in line
         table = f"socketmap:inet:127.0.0.1:{match.group(1)}:postfix"
         assert await postmap(postfix_config, "enforce.example", table) == (0, SECURE, b"")
         assert await postmap(postfix_config, "testing.example", table) == (1, b"", b"")

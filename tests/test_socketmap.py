@@ -651,3 +651,31 @@ async def test_serve_reports_an_address_in_use(world: World, server: SocketmapSe
     config.port = server.port
     with pytest.raises(MTASTSError, match="cannot listen"):
         await serve(config, stop=asyncio.Event())
+
+
+def test_the_event_loop_key(tmp_path: Path) -> None:
+    """``event_loop`` (TOML, ``--event-loop``): asyncio by default, uvloop on request, anything else refused."""
+    import argparse
+
+    from mtasts.cli import register_serve_socketmap, serve_socketmap_config
+    from mtasts.errors import UsageError
+    from mtasts.socketmap.daemon import event_loop_factory
+
+    assert ServerConfig().event_loop == "asyncio"
+    assert event_loop_factory("asyncio") is None
+    path = tmp_path / "mtasts.toml"
+    path.write_text('event_loop = "uvloop"\n')
+    assert load_config(path).event_loop == "uvloop"
+    loop = event_loop_factory("uvloop")
+    assert loop is not None
+    made = loop()
+    try:
+        assert type(made).__module__.startswith("uvloop")
+    finally:
+        made.close()
+    parser = argparse.ArgumentParser()
+    register_serve_socketmap(parser.add_subparsers())
+    args = parser.parse_args(["serve-socketmap", "--config", str(path), "--event-loop", "asyncio"])
+    assert serve_socketmap_config(args).event_loop == "asyncio"
+    with pytest.raises(UsageError, match="event_loop must be one of asyncio, uvloop"):
+        ServerConfig(event_loop="trio")

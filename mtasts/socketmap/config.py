@@ -21,6 +21,7 @@ from ..resolver import DNS_ERROR_MODES
 __all__ = [
     "DEFAULT_PORT",
     "DESCRIPTOR_RESERVE",
+    "EVENT_LOOPS",
     "LOG_LEVELS",
     "TOML_KEYS",
     "DescriptorPlan",
@@ -36,6 +37,9 @@ DEFAULT_PORT: Final = 8461
 
 #: ``log_level`` values (``--log-level`` choices).
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+#: ``event_loop`` values (``--event-loop`` choices): the standard library's loop, or uvloop (the ``fast`` extra).
+EVENT_LOOPS: Final = ("asyncio", "uvloop")
 
 
 @dataclass
@@ -69,6 +73,7 @@ class ServerConfig:
     policy_port: int = 443
     tlsrpt: bool = False  # Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT
     dane: bool = True  # DANE first: enforce domains whose MX hosts have validated TLSA records get "OK dane-only"
+    event_loop: str = "asyncio"  # asyncio | uvloop (the fast extra: ~5-10 % less CPU per cold lookup)
 
     def __post_init__(self) -> None:
         for name, expected in _FIELD_TYPES.items():
@@ -95,6 +100,8 @@ class ServerConfig:
             raise UsageError(f"policy_port must be 1 to 65535, not {self.policy_port}")
         if self.unix_mode is not None and not 0 <= self.unix_mode <= 0o7777:
             raise UsageError(f"unix_mode must be a permission mode such as 0o660, not {self.unix_mode!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise UsageError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         from ..stores import check_store_spec  # noqa: PLC0415 - the stores load sqlite3 only when serving
@@ -141,6 +148,7 @@ _FIELD_TYPES: dict[str, type] = {
     "policy_port": int,
     "tlsrpt": bool,
     "dane": bool,
+    "event_loop": str,
 }
 _OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile", "max_connections"})
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

@@ -13,15 +13,15 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from ..dane_lookup import DaneResolver
-from ..errors import MTASTSError
+from ..errors import MTASTSError, UsageError
 from ..resolver import PolicyResolver
 from .config import DescriptorPlan, ServerConfig, plan_descriptors
 from .server import SocketmapServer
 
-__all__ = ["raise_nofile_limit", "run", "serve"]
+__all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
 log = logging.getLogger("mtasts.socketmap")
 
@@ -139,8 +139,9 @@ async def serve(
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         try:
             log.info(
-                "mtasts socketmap server listening on %s (store %s; TLS-RPT attributes for %s; DANE %s)",
+                "mtasts socketmap server listening on %s (event loop %s; store %s; TLS-RPT attributes for %s; DANE %s)",
                 server.address,
+                config.event_loop,
                 config.store,
                 "every map name" if config.tlsrpt else "the map name QUERYwithTLSRPT",
                 "first (the resolver must validate DNSSEC; Postfix needs smtp_dns_support_level = dnssec)"
@@ -197,11 +198,25 @@ async def _wait_for_stop(stop: asyncio.Event | None) -> None:
 
 
 def run(config: ServerConfig) -> int:
-    """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped; 1 on a failure."""
+    """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped, on the event loop
+    ``config.event_loop`` names; 1 on a failure."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+            runner.run(serve(config))
     except MTASTSError as exc:
         print(f"mtasts serve-socketmap: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``event_loop = name``: None (asyncio's own) or uvloop's, which needs the ``fast``
+    extra (a clear :class:`~mtasts.errors.UsageError` without it)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional (the fast extra)
+    except ImportError:
+        raise UsageError("event_loop = uvloop needs uvloop: pip install 'mtasts[fast]'") from None
+    return cast("Callable[[], asyncio.AbstractEventLoop]", uvloop.new_event_loop)

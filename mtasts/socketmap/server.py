@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 from .._checks import check_count, check_seconds
 from ..dane import postfix_level
@@ -640,7 +641,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # a stream transport (uvloop's is one without subclassing)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = format_host_port(peer[0], peer[1]) if isinstance(peer, tuple) else "unix socket"
