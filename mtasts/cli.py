@@ -207,6 +207,12 @@ def register_serve_socketmap(commands: Any) -> None:
         choices=EVENT_LOOPS,
         help="asyncio (default) or uvloop (pip install 'mtasts[fast]'; less CPU per cold lookup)",
     )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help="after binding, run as this user (start as root; docs/operations.md, Privileges)",
+    )
+    parser.add_argument("--group", metavar="NAME", help="with --user: run as this group (default: the user's own)")
     add_world_options(parser)
     parser.set_defaults(handler=_serve_socketmap, policy_port=None)  # None: not given, the file or the default applies
 
@@ -232,13 +238,17 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         tlsrpt=args.tlsrpt,
         dane=args.dane,
         event_loop=args.event_loop,
+        user=args.user,
+        group=args.group,
     )
 
 
 def _serve_socketmap(args: argparse.Namespace) -> int:
     from . import socketmap  # noqa: PLC0415
 
-    return socketmap.run(serve_socketmap_config(args))
+    # SIGHUP reads the file again and lays the same flags on top (None: no file, nothing to reload)
+    reload = (lambda: serve_socketmap_config(args)) if args.config else None
+    return socketmap.run(serve_socketmap_config(args), reload=reload)
 
 
 # -- tlsrpt show | send ---------------------------------------------------------------------------------------------

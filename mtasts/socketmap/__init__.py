@@ -23,7 +23,11 @@ Layers, each a module of this package:
   pipelining, ordering, back-pressure, connection bounds);
 - :mod:`~mtasts.socketmap.config` — :class:`ServerConfig`, its TOML file (:func:`load_config`), the descriptor
   plan (:func:`plan_descriptors`);
-- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, shutdown.
+- :mod:`~mtasts.socketmap.overrides` — sans-I/O: the per-domain :class:`Override` (TOML ``[overrides]``);
+- :mod:`~mtasts.socketmap.reload` — sans-I/O: what a SIGHUP may change live (:func:`~.reload.plan_reload`);
+- :mod:`~mtasts.socketmap.systemd` — sd_notify (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``), socket activation;
+- :mod:`~mtasts.socketmap.privileges` — ``--user``/``--group``: dropping root after binding;
+- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, reload, shutdown.
 
 The command line (``mtasts serve-socketmap``) is :mod:`mtasts.cli`'s.
 """
@@ -56,6 +60,7 @@ from .config import (
     plan_descriptors,
 )
 from .daemon import raise_nofile_limit, run, serve
+from .overrides import Override
 from .server import SocketmapServer
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "TLSRPT_MAP_NAME",
     "TOML_KEYS",
     "DescriptorPlan",
+    "Override",
     "ServerConfig",
     "SocketmapServer",
     "format_policy",

@@ -1,8 +1,10 @@
 """The socketmap daemon: :func:`serve` (``mtasts serve-socketmap``), the descriptor limit, signals, shutdown.
 
 :func:`serve` raises the descriptor limit and plans its use (:func:`~mtasts.socketmap.config.plan_descriptors`),
-opens the store, starts the resolver and the server, and runs until SIGTERM or SIGINT; :func:`run` is the
-command around it (logging, exit status). The flags are :mod:`mtasts.cli`'s.
+binds (or takes systemd's socket), drops root (``user``), restores the cache from the store, starts accepting,
+tells systemd it is ready (:mod:`~mtasts.socketmap.systemd`), and runs until SIGTERM or SIGINT; SIGHUP re-reads
+the configuration (:mod:`~mtasts.socketmap.reload`). :func:`run` is the command around it (logging, exit
+status). The flags are :mod:`mtasts.cli`'s. docs/operations.md describes the whole.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
 from ..resolver import PolicyResolver
 from .config import DescriptorPlan, ServerConfig, plan_descriptors
+from .privileges import drop_privileges, resolve_identity
+from .reload import ReloadPlan, plan_reload
 from .server import SocketmapServer
+from .systemd import Notifier, activated_socket, watchdog_interval
 
 __all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
@@ -72,15 +78,24 @@ async def serve(
     *,
     ready: Callable[[SocketmapServer], None] | None = None,
     stop: asyncio.Event | None = None,
+    reload: Callable[[], ServerConfig] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> None:
     """Run the socketmap server until SIGTERM, SIGINT or ``stop`` is set, then shut down gracefully.
 
-    Opens the store, restores the cache from it, starts the proactive refresh, listens, calls ``ready(server)``.
-    On the way out: the server finishes its requests (``shutdown_grace``), the resolver flushes the store.
+    Binds (or serves on the socket systemd passed: ``$LISTEN_FDS``), drops root for ``config.user``, opens the
+    store and restores the cache from it, starts the proactive refresh, accepts, calls ``ready(server)`` and
+    tells systemd (``$NOTIFY_SOCKET``: ``READY=1``, ``WATCHDOG=1`` every ``$WATCHDOG_USEC``/2). SIGHUP calls
+    ``reload`` (the configuration file again, with the command line's flags on top) and applies what can change
+    live. On the way out: ``STOPPING=1``, the server finishes its requests (``shutdown_grace``), the resolver
+    flushes the store. ``environ`` (default ``os.environ``) holds systemd's variables.
     """
     from ..stores import open_store  # noqa: PLC0415 - the stores load sqlite3 only when serving
 
+    environ = os.environ if environ is None else environ
+    identity = resolve_identity(config.user, config.group) if config.user is not None else None
     world = config.world.resolver_kwargs()
+    activated = activated_socket(environ, os.getpid())
     plan = plan_descriptors(
         raise_nofile_limit(),
         max_connections=config.max_connections,
@@ -101,7 +116,7 @@ async def serve(
         if plan.fits
         else f" — {plan.total} in all: descriptors may run out (raise LimitNOFILE, or lower max_connections)",
     )
-    store = open_store(config.store)
+    store = open_store(config.store)  # opens nothing yet: the first use does, after the privileges are dropped
     resolver = PolicyResolver(
         store=store,
         cache_size=config.cache_size,
@@ -113,10 +128,8 @@ async def serve(
         dns_error=config.dns_error,
         **world,
     )
+    notifier = Notifier.from_environ(environ)
     try:
-        await resolver.start()
-        if config.refresh_period > 0:
-            resolver.start_background_refresh(config.refresh_period)
         server = SocketmapServer(
             resolver,
             host=config.host,
@@ -132,26 +145,43 @@ async def serve(
             accept_batch=plan.accept_batch,
             tlsrpt=config.tlsrpt,
             dane=_dane_lookup(resolver, plan, config.queue_timeout) if config.dane else False,
+            sock=activated,
+            overrides=config.overrides,
         )
+        running = _Running(config, server, plan, notifier, reload)
         try:
-            await server.start()
+            await server.bind()
         except OSError as exc:
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         try:
-            log.info(
-                "mtasts socketmap server listening on %s (event loop %s; store %s; TLS-RPT attributes for %s; DANE %s)",
-                server.address,
-                config.event_loop,
-                config.store,
-                "every map name" if config.tlsrpt else "the map name QUERYwithTLSRPT",
-                "first (the resolver must validate DNSSEC; Postfix needs smtp_dns_support_level = dnssec)"
-                if config.dane
-                else "off",
-            )
-            if ready is not None:
-                ready(server)
-            await _wait_for_stop(stop)
+            if identity is not None and not drop_privileges(identity):
+                log.info("already running as user %s: --user changes nothing", identity.user)
+            await resolver.start()
+            if config.refresh_period > 0:
+                resolver.start_background_refresh(config.refresh_period)
+            await server.start()
+            with _signals(running.reload) as signalled:
+                log.info(
+                    "mtasts socketmap server listening on %s%s (event loop %s; store %s; TLS-RPT attributes for %s; "
+                    "DANE %s; %d overrides)",
+                    server.address,
+                    " (socket from systemd)" if activated is not None else "",
+                    config.event_loop,
+                    config.store,
+                    "every map name" if config.tlsrpt else "the map name QUERYwithTLSRPT",
+                    "first (the resolver must validate DNSSEC; Postfix needs smtp_dns_support_level = dnssec)"
+                    if config.dane
+                    else "off",
+                    len(config.overrides),
+                )
+                notifier.ready(f"listening on {server.address}")
+                if ready is not None:
+                    ready(server)
+                interval = watchdog_interval(environ, os.getpid())
+                with _watchdog(notifier, interval):
+                    await _wait_for_stop(signalled, stop)
         finally:
+            notifier.stopping()
             log.info(
                 "shutting down (%d requests, %d connections, %d idle ones closed to make room, %d refused)",
                 server.requests,
@@ -159,9 +189,117 @@ async def serve(
                 server.evicted,
                 server.rejected,
             )
-            await server.aclose(config.shutdown_grace)
+            await server.aclose(running.config.shutdown_grace)
     finally:
+        notifier.close()
         await resolver.aclose()
+
+
+class _Running:
+    """The running daemon's configuration, and SIGHUP's reload of it (:mod:`~mtasts.socketmap.reload`)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        server: SocketmapServer,
+        plan: DescriptorPlan,
+        notifier: Notifier,
+        load: Callable[[], ServerConfig] | None,
+    ) -> None:
+        self.config, self.server, self.plan, self.notifier, self.load = config, server, plan, notifier, load
+
+    def reload(self) -> None:
+        """Read the configuration again and apply what can change live; on any failure keep the one in force."""
+        if self.load is None:
+            log.warning("SIGHUP: started without a configuration file (--config): nothing to reload")
+            return
+        self.notifier.reloading()
+        try:
+            try:
+                new = self.load()
+            except MTASTSError as exc:
+                log.error("reload failed, keeping the configuration in use: %s", exc.message)
+                return
+            except Exception:
+                log.exception("reload failed, keeping the configuration in use")
+                return
+            plan = plan_reload(self.config, new)
+            if plan.restart:
+                log.warning(
+                    "reload: %s changed, which needs a restart: left as %s until then",
+                    ", ".join(plan.restart),
+                    "it was" if len(plan.restart) == 1 else "they were",
+                )
+            try:
+                self._apply(plan)
+            except Exception:  # a bug: what was applied stays, the rest is as it was
+                log.exception("reload failed while applying it; the configuration in use may be partly new")
+                return
+            self.config = plan.config
+            if plan.changed:
+                log.info("reloaded the configuration: %s", "; ".join(_describe(plan.config, plan.changed)))
+            else:
+                log.info("reloaded the configuration: nothing that can change live has changed")
+        finally:
+            self.notifier.ready(f"listening on {self.server.address}")
+
+    def _apply(self, plan: ReloadPlan) -> None:
+        config, changed = plan.config, plan.changed
+        max_connections = plan_descriptors(
+            self.plan.nofile,
+            max_connections=config.max_connections,
+            max_concurrent_dns=config.max_concurrent_dns,
+            max_concurrent_fetches=config.max_concurrent_fetches,
+        ).max_connections
+        self.server.update_limits(
+            max_request=config.max_request,
+            request_timeout=config.request_timeout,
+            max_pipeline=config.max_pipeline,
+            idle_timeout=config.idle_timeout,
+            max_connections=max_connections,
+            first_request_timeout=config.first_request_timeout,
+        )
+        if "overrides" in changed:
+            self.server.set_overrides(config.overrides)
+        if "log_level" in changed:
+            logging.getLogger().setLevel(config.log_level.upper())  # run() configured the root logger
+
+
+def _describe(config: ServerConfig, changed: tuple[str, ...]) -> list[str]:
+    """``request_timeout = 10``, ``overrides: 2 domains (a.example, b.example)`` — for the reload's log line."""
+    described = []
+    for name in changed:
+        if name == "overrides":
+            domains = sorted(config.overrides)
+            shown = ", ".join(domains[:10]) + (f", … ({len(domains) - 10} more)" if len(domains) > 10 else "")
+            described.append(f"overrides: {len(domains)} domains" + (f" ({shown})" if domains else ""))
+        else:
+            described.append(f"{name} = {getattr(config, name)!r}")
+    return described
+
+
+@contextlib.contextmanager
+def _watchdog(notifier: Notifier, interval: float | None) -> Iterator[None]:
+    """``WATCHDOG=1`` every ``interval`` seconds while in the block, sent from the event loop itself: a loop
+    that hangs stops the pings, and systemd restarts the service (``WatchdogSec=``)."""
+    if interval is None or not notifier.enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handle: asyncio.TimerHandle | None = None
+
+    def ping() -> None:
+        nonlocal handle
+        notifier.watchdog()
+        handle = loop.call_later(interval, ping)
+
+    log.info("systemd watchdog: pinging every %g s", interval)
+    ping()
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.cancel()
 
 
 def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:
@@ -169,7 +307,11 @@ def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: 
     return DaneResolver(resolver.dns_resolver, limit=max(1, plan.max_concurrent_dns // 4), wait=queue_timeout)
 
 
-async def _wait_for_stop(stop: asyncio.Event | None) -> None:
+@contextlib.contextmanager
+def _signals(reload: Callable[[], None]) -> Iterator[asyncio.Event]:
+    """While in the block: SIGTERM and SIGINT set the event yielded, SIGHUP calls ``reload`` (on the event loop,
+    between two callbacks). Installed before the daemon says it listens, so that no signal sent after that
+    finds the default action (which, for SIGHUP, ends the process)."""
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -178,12 +320,30 @@ async def _wait_for_stop(stop: asyncio.Event | None) -> None:
         log.info("received %s", signum.name)
         signalled.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    def on_hangup() -> None:
+        log.info("received SIGHUP: reloading the configuration")
+        reload()
+
+    handlers: list[tuple[signal.Signals, Callable[..., None], tuple[signal.Signals, ...]]] = [
+        (signal.SIGTERM, on_signal, (signal.SIGTERM,)),
+        (signal.SIGINT, on_signal, (signal.SIGINT,)),
+        (signal.SIGHUP, on_hangup, ()),
+    ]
+    for signum, handler, args in handlers:
         try:
-            loop.add_signal_handler(signum, on_signal, signum)
+            loop.add_signal_handler(signum, handler, *args)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
             continue
         installed.append(signum)
+    try:
+        yield signalled
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def _wait_for_stop(signalled: asyncio.Event, stop: asyncio.Event | None) -> None:
+    """Until ``signalled`` (SIGTERM, SIGINT) or ``stop`` is set."""
     waiters = [asyncio.ensure_future(signalled.wait())]
     if stop is not None:
         waiters.append(asyncio.ensure_future(stop.wait()))
@@ -193,17 +353,18 @@ async def _wait_for_stop(stop: asyncio.Event | None) -> None:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
-def run(config: ServerConfig) -> int:
+def run(config: ServerConfig, *, reload: Callable[[], ServerConfig] | None = None) -> int:
     """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped, on the event loop
-    ``config.event_loop`` names; 1 on a failure."""
+    ``config.event_loop`` names (SIGHUP: ``reload``); 1 on a failure. An unknown ``user`` or ``group`` raises
+    :class:`~mtasts.errors.UsageError` before anything starts."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.user is not None:
+        resolve_identity(config.user, config.group)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, reload=reload))
     except MTASTSError as exc:
         print(f"mtasts serve-socketmap: {exc}", file=sys.stderr)
         return 1

@@ -17,12 +17,14 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import stat
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
 from .._checks import check_count, check_seconds
 from ..dane import postfix_level
@@ -32,7 +34,7 @@ from ..errors import DomainError, LocalError, MTASTSError, MXPermanentFailure, M
 from ..netstring import NetstringDecoder, NetstringError
 from ..options import format_host_port
 from ..policy import Mode, Policy
-from ..resolver import NOT_CACHED, LookupStatus, PolicyResolver
+from ..resolver import NOT_CACHED, LookupStatus, NotCached, PolicyResolver
 from .answers import (
     DANE_ONLY_NETSTRING,
     NOTFOUND_NETSTRING,
@@ -47,6 +49,7 @@ from .answers import (
     policy_reply,
     tlsrpt_reply,
 )
+from .overrides import OVERRIDE_KINDS, Override, check_overrides
 
 __all__ = ["SocketmapServer"]
 
@@ -54,6 +57,7 @@ log = logging.getLogger("mtasts.socketmap")  # the package's logger: one name fo
 
 _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
 _LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
+_OVERRIDE_LOG_PERIOD = 60.0  # seconds between two log lines about one domain's override
 
 
 class _TlsrptLookup(str):
@@ -83,6 +87,7 @@ class _Listen:
     unix_mode: int | None
     accept_batch: int
     listen_queue: int
+    sock: socket.socket | None = None  # a listening socket to serve on instead of binding (socket activation)
 
 
 _DANE_CACHE_SIZE = 65536  # domains whose DANE state is remembered (cleared when full)
@@ -100,6 +105,72 @@ class _Dane:
     # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for); one per answer kind
     replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
     tlsrpt_replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Overrides:
+    """The operator's answers per normalised domain, how often each kind was used, and per domain when its use
+    was last logged and how many uses since went unlogged (a line per domain per minute at most)."""
+
+    table: dict[str, Override]
+    clock: Callable[[], float]
+    used: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OVERRIDE_KINDS, 0))
+    logged: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    # domain as asked -> whether it is overridden: the hit path's one lookup (normalised once per spelling)
+    seen: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    def find(self, domain: str) -> Override | None:
+        """The override for ``domain`` as asked (any spelling: normalised here), or None."""
+        found = self.table.get(domain)
+        if found is None:
+            try:
+                found = self.table.get(normalize_domain(domain))
+            except DomainError:
+                return None
+        return found
+
+    def learn(self, domain: str) -> bool:
+        """Whether ``domain`` as asked is overridden, remembered in :attr:`seen` (cleared when full)."""
+        seen = self.seen
+        if len(seen) >= _DANE_CACHE_SIZE:
+            seen.clear()
+        overridden = seen[domain] = self.find(domain) is not None
+        return overridden
+
+    def note(self, domain: str, override: Override) -> None:
+        """Count a use; log it unless this domain's was logged less than a minute ago (then count it for later)."""
+        self.used[override.kind] += 1
+        domain = normalize_domain(domain)
+        now = self.clock()
+        logged_at, unlogged = self.logged.get(domain, (-math.inf, 0))
+        if now - logged_at < _OVERRIDE_LOG_PERIOD:
+            self.logged[domain] = (logged_at, unlogged + 1)
+            return
+        if len(self.logged) >= _DANE_CACHE_SIZE:
+            self.logged.clear()
+        self.logged[domain] = (now, 0)
+        more = f" ({unlogged} more uses since the last line)" if unlogged else ""
+        if override.kind == "none":
+            log.warning("override for %s: policy = none, answered NOTFOUND (MTA-STS not applied)%s", domain, more)
+        else:
+            log.info("override for %s: answered %r%s", domain, override.reply[:200], more)
+
+
+def _overriding(
+    cached_policy: Callable[[str], Policy | NotCached | None], overrides: _Overrides
+) -> Callable[[str], Policy | NotCached | None]:
+    """``cached_policy`` with the overrides first: the hit path's reader while any are configured (so that
+    without any it costs nothing). An overridden domain reads as not cached, whatever the cache holds: its
+    request goes to :meth:`SocketmapServer._slow`, which answers the override (no lookup, no DANE)."""
+    seen, learn = overrides.seen, overrides.learn
+
+    def cached_unless_overridden(domain: str) -> Policy | NotCached | None:
+        overridden = seen.get(domain)
+        if overridden is None:
+            overridden = learn(domain)
+        return NOT_CACHED if overridden else cached_policy(domain)
+
+    return cached_unless_overridden
 
 
 class SocketmapServer:
@@ -127,6 +198,11 @@ class SocketmapServer:
     A request on the map name ``QUERYwithTLSRPT`` — on every name with ``tlsrpt=True`` — is answered, for an
     enforce policy, with the TLS-RPT attributes of Postfix >= 3.10 after the policy (docs/postfix.md, "TLS-RPT
     with Postfix 3.10"); every other answer is the same on every name.
+
+    ``overrides`` (normalised domain → :class:`~mtasts.socketmap.overrides.Override`) are answered as they say,
+    before the cache, a lookup or DANE (docs/operations.md, "Overrides"); :attr:`overrides_used` counts their
+    uses per kind. ``sock``: serve on this listening socket (TCP or Unix, e.g. from systemd) instead of binding
+    ``host``/``port``/``unix_path``; it is closed with the server, and no file is unlinked for it.
     """
 
     def __init__(
@@ -147,6 +223,8 @@ class SocketmapServer:
         listen_queue: int = 4096,
         tlsrpt: bool = False,
         dane: bool | DaneResolver = False,
+        sock: socket.socket | None = None,
+        overrides: dict[str, Override] | None = None,
     ) -> None:
         for name, count in [
             ("max_request", max_request),
@@ -168,6 +246,8 @@ class SocketmapServer:
             raise UsageError(f"tlsrpt must be True or False, not {tlsrpt!r}")
         if not isinstance(dane, bool | DaneResolver):
             raise UsageError(f"dane must be True, False or a DaneResolver, not {dane!r}")
+        if sock is not None and (not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM):
+            raise UsageError(f"sock must be a listening stream socket, not {sock!r}")
         self.resolver = resolver
         # The resolver's hot path, read once (PolicyResolver sets it per instance, a closure shadowing the method).
         # Called through a local (_quick_unguarded): CPython 3.11 specialises no method lookup that finds an
@@ -182,7 +262,7 @@ class SocketmapServer:
         self.idle_timeout = float(idle_timeout)
         self.max_connections = max_connections
         self.first_request_timeout = float(first_request_timeout)
-        self._listen = _Listen(port, unix_mode, accept_batch, max(listen_queue, accept_batch))
+        self._listen = _Listen(port, unix_mode, accept_batch, max(listen_queue, accept_batch), sock)
         self.requests = 0
         self.connections = 0
         self.rejected = 0
@@ -209,11 +289,15 @@ class SocketmapServer:
         self._limit_log = _LimitLog()
         self._closing = False
         self._stopped = asyncio.Event()
+        if overrides:
+            self.set_overrides(overrides)
 
     #: Every map name is answered with the TLS-RPT attributes (tlsrpt=True), not only TLSRPT_MAP_NAME.
     _tlsrpt_every_name = False
     #: DANE first (dane=True): None, the class default, answers as MTA-STS alone.
     _dane: _Dane | None = None
+    #: The overrides, once any were set (set_overrides): None, the class default, has none and never had.
+    _overrides: _Overrides | None = None
 
     @property
     def unix_mode(self) -> int | None:
@@ -243,23 +327,49 @@ class SocketmapServer:
     ) -> None:
         await self.aclose()
 
-    async def start(self) -> None:
-        """Bind and start accepting connections (idempotent)."""
+    async def bind(self) -> None:
+        """Bind the listening socket (or take ``sock``) without accepting connections yet (idempotent): the
+        daemon binds as root, drops its privileges, restores the cache, and only then :meth:`start` accepts."""
         if self._server is not None:
             return
         if self._closing:
             raise MTASTSError("the socketmap server is closed")
         loop = asyncio.get_running_loop()
-        if self.unix_path is not None:
+        sock = self._listen.sock
+        if sock is not None:
+            if sock.family == socket.AF_UNIX:
+                # Python >= 3.13 would unlink the socket's file on close: not ours to remove (systemd made it)
+                keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+                self._server = await loop.create_unix_server(
+                    lambda: _Connection(self), sock=sock, backlog=self.accept_batch, start_serving=False, **keep
+                )
+            else:
+                self._server = await loop.create_server(
+                    lambda: _Connection(self), sock=sock, backlog=self.accept_batch, start_serving=False
+                )
+        elif self.unix_path is not None:
             self._server = await loop.create_unix_server(
-                lambda: _Connection(self), self.unix_path, backlog=self.accept_batch
+                lambda: _Connection(self), self.unix_path, backlog=self.accept_batch, start_serving=False
             )
             if self.unix_mode is not None:
                 os.chmod(self.unix_path, self.unix_mode)
         else:
             self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self._listen.port, reuse_address=True, backlog=self.accept_batch
+                lambda: _Connection(self),
+                self.host,
+                self._listen.port,
+                reuse_address=True,
+                backlog=self.accept_batch,
+                start_serving=False,
             )
+
+    async def start(self) -> None:
+        """Bind (unless :meth:`bind` did) and start accepting connections (idempotent)."""
+        await self.bind()
+        assert self._server is not None
+        if self._server.is_serving():
+            return
+        await self._server.start_serving()
         for sock in self._server.sockets:  # asyncio's backlog is both; a longer queue drops no SYN in a burst
             with sock.dup() as listening:
                 listening.listen(self.listen_queue)
@@ -267,7 +377,12 @@ class SocketmapServer:
     @property
     def port(self) -> int:
         """The bound TCP port (useful with ``port=0``)."""
-        if self._server is None or not self._server.sockets or self.unix_path is not None:
+        if (
+            self._server is None
+            or not self._server.sockets
+            or self.unix_path is not None
+            or self._server.sockets[0].family == socket.AF_UNIX
+        ):
             raise UsageError("the server is not listening on TCP")
         port: int = self._server.sockets[0].getsockname()[1]
         return port
@@ -278,8 +393,15 @@ class SocketmapServer:
         if self.unix_path is not None:
             return f"unix:{self.unix_path}"
         if self._server is None or not self._server.sockets:
+            if self._listen.sock is not None:
+                return "a passed socket (not listening)"
             return f"{self.host}:{self._listen.port} (not listening)"
-        return ", ".join(format_host_port(*sock.getsockname()[:2]) for sock in self._server.sockets)
+        return ", ".join(
+            f"unix:{sock.getsockname() or '(unnamed)'}"
+            if sock.family == socket.AF_UNIX
+            else format_host_port(*sock.getsockname()[:2])
+            for sock in self._server.sockets
+        )
 
     @property
     def tlsrpt(self) -> bool:
@@ -329,6 +451,70 @@ class SocketmapServer:
         finally:
             self._report_limit()
             self._stopped.set()
+
+    # -- reconfiguring (a reload) -----------------------------------------------------------------------------------
+
+    def update_limits(
+        self,
+        *,
+        max_request: int | None = None,
+        request_timeout: float | None = None,
+        max_pipeline: int | None = None,
+        idle_timeout: float | None = None,
+        max_connections: int | None = None,
+        first_request_timeout: float | None = None,
+    ) -> None:
+        """Change limits while serving (None: unchanged); every value is checked before any is applied.
+
+        Open connections keep going: ``max_request`` applies to new connections (a connection's decoder is made
+        with it); the timeouts to the next request, or the next time a connection's timer fires; a lower
+        ``max_connections`` closes nothing, but new connections then evict or are refused until below it.
+        """
+        counts = {"max_request": max_request, "max_pipeline": max_pipeline, "max_connections": max_connections}
+        seconds = {
+            "request_timeout": request_timeout,
+            "idle_timeout": idle_timeout,
+            "first_request_timeout": first_request_timeout,
+        }
+        checked: dict[str, float | int] = {}
+        for name, count in counts.items():
+            if count is not None:
+                checked[name] = check_count(name, count)
+        for name, value in seconds.items():
+            if value is not None:
+                checked[name] = check_seconds(name, value, positive=True)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def set_overrides(self, overrides: dict[str, Override]) -> None:
+        """Answer these domains as the operator says from now on (replacing the previous overrides; ``{}``: none).
+
+        Keys are normalised here (:class:`~mtasts.errors.UsageError` for an invalid one). The counts of
+        :attr:`overrides_used` go on across calls.
+        """
+        table = check_overrides(overrides)
+        state = self._overrides
+        if state is None:
+            if not table:
+                return
+            state = self._overrides = _Overrides(table, self.resolver.clock)
+        state.table = table
+        state.logged.clear()
+        state.seen = {}
+        # Only while there are overrides does the hit path's reader look at them (none: the resolver's own).
+        self._cached_policy = _overriding(self.resolver.cached_policy, state) if table else self.resolver.cached_policy
+
+    @property
+    def overrides(self) -> dict[str, Override]:
+        """The overrides in force: normalised domain → :class:`~mtasts.socketmap.overrides.Override`."""
+        return dict(self._overrides.table) if self._overrides is not None else {}
+
+    @property
+    def overrides_used(self) -> dict[str, int]:
+        """Requests answered by an override, per kind (``{"none": n, "answer": m}``), since the server started."""
+        if self._overrides is None:
+            return dict.fromkeys(OVERRIDE_KINDS, 0)
+        return dict(self._overrides.used)
 
     # -- the connection bounds ---------------------------------------------------------------------------------------
 
@@ -470,7 +656,19 @@ class SocketmapServer:
         return self._replies.get(policy) or self._remember(policy, domain)
 
     async def _slow(self, domain: str) -> bytes:
-        """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
+        """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now); an
+        overridden domain's reply, without one."""
+        overrides = self._overrides
+        if overrides is not None:
+            try:
+                override = overrides.find(domain)
+                if override is not None:
+                    overrides.note(domain, override)
+                    return override.netstring
+            except Exception:
+                self.errors += 1
+                log.exception("answering the override for %s failed", domain)
+                return TEMP_INTERNAL_NETSTRING
         try:
             async with asyncio.timeout(self.request_timeout):
                 lookup = await self.resolver.lookup(domain)
