@@ -549,7 +549,7 @@ def test_the_documented_configuration_loads_and_covers_every_key(tmp_path: Path)
     config = load_config(path)
     assert (config.host, config.port, config.store) == ("127.0.0.1", 8461, "sqlite:/var/lib/mtasts/policies.sqlite3")
     for key in TOML_KEYS:
-        assert re.search(rf"^#? ?{key} = ", example, re.MULTILINE), key
+        assert re.search(rf"^#? ?({key} = |\[{key}\.)", example, re.MULTILINE), key  # a key, or a table
         assert f"| `{key}` |" in doc, key
 
 
