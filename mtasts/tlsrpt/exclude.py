@@ -25,7 +25,7 @@ import contextlib
 import contextvars
 import email.message
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["in_report_delivery", "is_report_message", "report_delivery"]
 
@@ -45,9 +45,9 @@ def report_delivery() -> Iterator[None]:
         _SENDING_REPORT.reset(token)
 
 
-def in_report_delivery() -> bool:
-    """True while a report is being delivered (inside :func:`report_delivery`): record nothing."""
-    return _SENDING_REPORT.get()
+#: ``in_report_delivery()``: True while a report is being delivered (inside :func:`report_delivery`), so record
+#: nothing. The context variable's own ``get`` — no Python frame on the recording path (``TLSReporter.record``).
+in_report_delivery: Callable[[], bool] = _SENDING_REPORT.get
 
 
 def is_report_message(message: bytes | email.message.Message) -> bool:
