@@ -30,7 +30,8 @@ from mtasts.testing import World
 from mtasts.tlsrpt import ReportStatus, SendSchedule, is_report_message
 from mtasts.tlsrpt.exclude import in_report_delivery, report_delivery
 from mtasts.tlsrpt.message import build_message
-from mtasts.tlsrpt.recorder import TLSReporter, day_number
+from mtasts.tlsrpt.recorder import TLSReporter
+from mtasts.tlsrpt.schedule import day_number
 from mtasts.tlsrpt.send import ReportSender
 
 from ._process import stop_process

@@ -57,7 +57,7 @@ from ..policy import Mode, Policy
 from .exclude import in_report_delivery, is_report_message, report_delivery
 from .report import DETAIL_FIELDS, Report, build_report
 from .retry import RetryPolicy
-from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule
+from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule, day_number
 
 if TYPE_CHECKING:
     from ..delivery import Attempt
@@ -184,10 +184,6 @@ def _ip(text: str | None) -> str | None:
         return ipaddress.ip_address(text).compressed
     except ValueError:
         return None
-
-
-def day_number(day: datetime.date) -> int:
-    return (day - _EPOCH).days
 
 
 def day_of(number: int) -> datetime.date:

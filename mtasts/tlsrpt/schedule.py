@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .._checks import check_seconds
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_SEND_DELAY", "DEFAULT_SEND_WINDOW", "SendSchedule"]
+__all__ = ["DEFAULT_SEND_DELAY", "DEFAULT_SEND_WINDOW", "SendSchedule", "day_number"]
 
 _EPOCH = datetime.date(1970, 1, 1)
 
@@ -35,6 +35,11 @@ _EPOCH = datetime.date(1970, 1, 1)
 DEFAULT_SEND_DELAY = 3600.0
 #: The randomised part (§4.1's example: up to four hours).
 DEFAULT_SEND_WINDOW = 14400.0
+
+
+def day_number(day: datetime.date | int) -> int:
+    """A UTC day as the number of days since 1970-01-01 (the counters' and the store's day key)."""
+    return day if isinstance(day, int) else (day - _EPOCH).days
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +65,11 @@ class SendSchedule:
         whole seconds in ``[0, window)``, from a hash of the seed, the day and the domain."""
         if self.window < 1:
             return 0.0
-        number = day if isinstance(day, int) else (day - _EPOCH).days
+        number = day_number(day)
         digest = hashlib.blake2b(f"{self.seed}\0{number}\0{policy_domain}".encode(), digest_size=8).digest()
         return float(int.from_bytes(digest, "big") % int(self.window))
 
     def due_at(self, day: datetime.date | int, policy_domain: str = "") -> float:
         """When the report of ``day`` for ``policy_domain`` may be sent first (epoch seconds)."""
-        number = day if isinstance(day, int) else (day - _EPOCH).days
+        number = day_number(day)
         return (number + 1) * 86400 + self.delay + self.offset(number, policy_domain)
