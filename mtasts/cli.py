@@ -268,7 +268,35 @@ def register_tlsrpt(commands: Any) -> None:
         else:
             add_world_options(action)
             action.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
+            _add_tlsrpt_schedule_options(action)
         action.set_defaults(handler=_tlsrpt_show if name == "show" else _tlsrpt_send)
+
+
+def _add_tlsrpt_schedule_options(action: argparse.ArgumentParser) -> None:
+    """``tlsrpt send``: when reports go out (RFC 8460 §4.1; docs/tlsrpt.md, "When reports are sent")."""
+    when = action.add_mutually_exclusive_group()
+    when.add_argument(
+        "--now",
+        action="store_true",
+        help="send every complete day's reports now, without waiting for their randomised send time",
+    )
+    when.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep running: send each report at its send time (SIGTERM or SIGINT stops)",
+    )
+    action.add_argument(
+        "--send-delay",
+        type=float,
+        metavar="SECONDS",
+        help="seconds after the UTC day ends before its reports go out (default 3600)",
+    )
+    action.add_argument(
+        "--send-window",
+        type=float,
+        metavar="SECONDS",
+        help="plus an offset (per sender, day and domain) below this many seconds (default 14400)",
+    )
 
 
 def _tlsrpt_show(args: argparse.Namespace) -> int:
@@ -288,6 +316,10 @@ def _tlsrpt_send(args: argparse.Namespace) -> int:
         organization=args.organization,
         contact=args.contact,
         smtp_port=args.smtp_port,
+        now=args.now,
+        wait=args.wait,
+        send_delay=args.send_delay,
+        send_window=args.send_window,
     )
 
 
