@@ -137,6 +137,7 @@ async def _opened(spec: str) -> AsyncIterator[Any]:
 def _entry_of_row(row: Any, now: float) -> dict[str, Any] | None:
     """A stored row's policy as an entry, or None (no policy in it, or one that does not parse)."""
     from ..policy import parse_policy  # noqa: PLC0415
+    from ..socketmap.answers import format_policy  # noqa: PLC0415 - the socketmap's own answer
     from ..stores import validate_row  # noqa: PLC0415
 
     try:
@@ -154,6 +155,7 @@ def _entry_of_row(row: Any, now: float) -> dict[str, Any] | None:
         expires_at=row.expires_at,
         next_txt_check=None,
         now=now,
+        postfix_policy=format_policy(policy),
     )
     result["policy_text"] = policy.to_text()
     return result

@@ -12,9 +12,10 @@ The reply is zero or more item lines, ``{"item": {...}}`` — ``list``: one per 
 ``warm``: one per domain as its lookup ends (:func:`warm_item`) — then exactly one final line: ``{"ok": true,
 ...}`` or ``{"ok": false, "error": "..."}``. A request line is at most :data:`MAX_REQUEST` bytes.
 
-Also here, pure: the entries' and the export's shapes (:func:`export_lines` formats with the socketmap's own
-:func:`~mtasts.socketmap.answers.format_policy`, so a snapshot never differs from the live answers), the warm file
-(:func:`parse_domain_list`) and the warm pacing (:class:`Pacer`, on an injected clock).
+Also here, pure: the entries' and the export's shapes (an entry carries the socketmap's own answer for its
+policy, made by :func:`~mtasts.socketmap.answers.format_policy`, so an export never differs from the live
+answers), the warm file (:func:`parse_domain_list`) and the warm pacing (:class:`Pacer`, on an injected clock).
+It imports nothing of the socketmap or the resolver: ``mtasts cache`` against a daemon loads neither.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any, Final
 from ..domain import is_address_literal, normalize_domain
 from ..errors import DomainError, UsageError
 from ..policy import Policy
-from ..socketmap.answers import format_policy
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -192,14 +192,15 @@ def entry(
     expires_at: float,
     next_txt_check: float | None,
     now: float,
+    postfix_policy: str | None,
 ) -> dict[str, Any]:
     """One cached policy, as ``list`` and ``show`` give it (times: seconds since the epoch, UTC).
 
     ``status`` is ``valid`` or ``expired`` (RFC 8461 §3.3: an expired policy is never used; the daemon drops
-    it at the domain's next lookup). ``postfix_policy`` is the ``smtp_tls_policy_maps`` answer for it
-    (:func:`~mtasts.socketmap.answers.format_policy`: ``secure match=... servername=hostname``), or null
-    when it is not ``enforce``. ``next_txt_check``: from then on, the next request checks the TXT record
-    (null when not known: a store read directly).
+    it at the domain's next lookup). ``postfix_policy`` is the ``smtp_tls_policy_maps`` answer for it — give
+    :func:`~mtasts.socketmap.answers.format_policy`'s (``secure match=... servername=hostname``, or None when
+    it is not ``enforce``). ``next_txt_check``: from then on, the next request checks the TXT record (None
+    when not known: a store read directly).
     """
     return {
         "domain": domain,
@@ -211,7 +212,7 @@ def entry(
         "fetched_at": fetched_at,
         "expires_at": expires_at,
         "next_txt_check": next_txt_check,
-        "postfix_policy": format_policy(policy),
+        "postfix_policy": postfix_policy,
     }
 
 

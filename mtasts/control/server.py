@@ -27,6 +27,7 @@ from typing import Any
 from .._checks import check_count, check_seconds
 from ..errors import MTASTSError, UsageError
 from ..resolver import PolicyLookup, PolicyResolver, PurgeResult
+from ..socketmap.answers import format_policy
 from .protocol import (
     MAX_REQUEST,
     Pacer,
@@ -205,6 +206,7 @@ class ControlServer:
                             expires_at=cached.expires_at,
                             next_txt_check=cached.fresh_until,
                             now=now,
+                            postfix_policy=format_policy(cached.policy),
                         )
                     )
                 )
@@ -250,6 +252,7 @@ class ControlServer:
                 expires_at=cached.expires_at,
                 next_txt_check=cached.fresh_until,
                 now=resolver.clock(),
+                postfix_policy=format_policy(cached.policy),
             )
             | {"policy_text": cached.policy.to_text()},
             negative=None
