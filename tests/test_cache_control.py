@@ -362,6 +362,21 @@ async def test_resolver_purge_forgets_policy_backoff_and_negative_answers(
         await resolver.purge("[192.0.2.1]")
 
 
+async def test_a_purge_the_store_cannot_write_still_forgets_the_row(world: World, clock: FakeClock) -> None:
+    """The store refuses writes (a read-only file): the purge says ``pending``, and the next lookup still does
+    the TXT query and the fetch — the old row, still stored, is never read back while its delete is pending."""
+    store = _FailingWrites()
+    row = StoredPolicy("enforce.example", "1", CHANGED, clock() - 60, clock() - 60, clock() - 60 + 86400)
+    await MemoryStore.write(store, [row], [])
+    async with world.policy_resolver(clock=clock, store=store) as resolver:
+        assert (await resolver.lookup("enforce.example")).policy == parse_policy(CHANGED)  # restored, no I/O
+        assert counts(world, "enforce.example") == (0, 0)
+        assert (await resolver.purge("enforce.example")).store == "pending"
+        lookup = await resolver.lookup("enforce.example")
+        assert (lookup.status, lookup.policy) == ("fetched", parse_policy(ENFORCE))
+        assert counts(world, "enforce.example") == (1, 1)
+
+
 def dane_domain(world: World, domain: str) -> None:
     """An enforce domain whose two MX hosts have validated TLSA records (DANE governs it)."""
     world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.{domain}\nmax_age: 86400\n")
