@@ -4,6 +4,7 @@
     mtasts check DOMAIN [--json] [--starttls]
     mtasts serve-socketmap [...]         a Postfix socketmap server (docs/postfix.md)
     mtasts tlsrpt show|send              TLS-RPT reports (docs/tlsrpt.md)
+    mtasts cache list|show|purge|export|warm   the daemon's cache, or a store (docs/operations.md)
     mtasts bench [--quick] [--json PATH] the benchmark runner (from a source checkout)
 
 ``check``, ``serve-socketmap`` and ``tlsrpt send`` take the world options ``--nameserver IP[:PORT]``, ``--cafile
@@ -42,6 +43,7 @@ __all__ = [
     "port_number",
     "positive_count",
     "positive_seconds",
+    "register_cache",
     "register_check",
     "register_serve_socketmap",
     "register_tlsrpt",
@@ -207,6 +209,11 @@ def register_serve_socketmap(commands: Any) -> None:
         choices=EVENT_LOOPS,
         help="asyncio (default) or uvloop (pip install 'mtasts[fast]'; less CPU per cold lookup)",
     )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="a control socket for 'mtasts cache ... --control PATH' (TOML control_socket; mode 0600)",
+    )
     add_world_options(parser)
     parser.set_defaults(handler=_serve_socketmap, policy_port=None)  # None: not given, the file or the default applies
 
@@ -232,6 +239,7 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         tlsrpt=args.tlsrpt,
         dane=args.dane,
         event_loop=args.event_loop,
+        control_socket=args.control,
     )
 
 
@@ -323,6 +331,82 @@ def _tlsrpt_send(args: argparse.Namespace) -> int:
     )
 
 
+# -- cache list | show | purge | export | warm ----------------------------------------------------------------------
+
+
+def register_cache(commands: Any) -> None:
+    """``mtasts cache list|show DOMAIN|purge DOMAIN|export|warm FILE`` (:mod:`mtasts.control.commands`)."""
+    parser = commands.add_parser(
+        "cache",
+        help="the policy cache of a running daemon (--control PATH) or of a store (--store STORE)",
+        description="Inspect and control the policy cache: a running daemon's, through its control socket, or a "
+        "store's directly (docs/operations.md).",
+    )
+    actions = parser.add_subparsers(dest="cache_command", required=True)
+    for name, help_text in [
+        ("list", "every cached policy"),
+        ("show", "what is remembered of one domain (exit 1: not cached)"),
+        ("purge", "forget a domain: its next lookup queries the TXT record and fetches the policy afresh"),
+        ("export", "Postfix texthash lines (smtp_tls_policy_maps) for the unexpired enforce policies"),
+        ("warm", "look up every domain of a file (one per line), politely"),
+    ]:
+        action = actions.add_parser(name, help=help_text)
+        if name in ("show", "purge"):
+            action.add_argument("domain")
+        elif name == "warm":
+            action.add_argument("file", help="one domain per line; # comments; - for standard input")
+        where = action.add_mutually_exclusive_group()
+        where.add_argument("--control", metavar="PATH", help="the daemon's control socket (its control_socket)")
+        where.add_argument("--config", metavar="FILE.toml", help="the daemon's configuration: its control_socket")
+        where.add_argument(
+            "--store", metavar="STORE", help="the store itself, no daemon: sqlite | sqlite:PATH | redis://..."
+        )
+        action.add_argument("--json", action="store_true", help="JSON output (docs/operations.md)")
+        if name == "export":
+            action.add_argument("--output", "-o", metavar="FILE", help="write the file (atomically) instead of stdout")
+        if name == "warm":
+            action.add_argument(
+                "--concurrency", metavar="N", type=positive_count, default=8, help="lookups at once (default 8, max 64)"
+            )
+            action.add_argument(
+                "--rate",
+                metavar="N",
+                type=positive_seconds,
+                help="lookups started per second at most (default: no limit)",
+            )
+            add_world_options(action)  # for --store: this process looks the domains up
+        action.set_defaults(handler=_cache)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .control import commands  # noqa: PLC0415
+    from .control.protocol import MAX_CONCURRENCY, MAX_RATE  # noqa: PLC0415
+    from .errors import UsageError  # noqa: PLC0415
+
+    where = commands.target(control=args.control, store=args.store, config=args.config)
+    action = args.cache_command
+    if action == "list":
+        return commands.list_cache(where, as_json=args.json)
+    if action == "show":
+        return commands.show(where, args.domain, as_json=args.json)
+    if action == "purge":
+        return commands.purge(where, args.domain, as_json=args.json)
+    if action == "export":
+        return commands.export(where, output=args.output, as_json=args.json)
+    if args.concurrency > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency is at most {MAX_CONCURRENCY}, not {args.concurrency}")
+    if args.rate is not None and args.rate > MAX_RATE:
+        raise UsageError(f"--rate is at most {MAX_RATE:g} lookups per second, not {args.rate:g}")
+    return commands.warm(
+        where,
+        args.file,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        world=world_options(args),
+        as_json=args.json,
+    )
+
+
 # -- demo ---------------------------------------------------------------------------------------------------------
 
 
@@ -379,6 +463,7 @@ def _main(arguments: list[str]) -> int:
     register_check(commands)
     register_serve_socketmap(commands)
     register_tlsrpt(commands)
+    register_cache(commands)
     try:
         args = parser.parse_args(arguments)
     except _UsageExit as exc:

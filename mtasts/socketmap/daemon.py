@@ -13,13 +13,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
 from ..resolver import PolicyResolver
 from .config import DescriptorPlan, ServerConfig, plan_descriptors
 from .server import SocketmapServer
+
+if TYPE_CHECKING:
+    from ..control.server import ControlServer
 
 __all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
@@ -137,6 +140,7 @@ async def serve(
             await server.start()
         except OSError as exc:
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        control = await _start_control(config, server)
         try:
             log.info(
                 "mtasts socketmap server listening on %s (event loop %s; store %s; TLS-RPT attributes for %s; DANE %s)",
@@ -159,9 +163,30 @@ async def serve(
                 server.evicted,
                 server.rejected,
             )
+            if control is not None:
+                await control.aclose()
             await server.aclose(config.shutdown_grace)
     finally:
         await resolver.aclose()
+
+
+async def _start_control(config: ServerConfig, server: SocketmapServer) -> ControlServer | None:
+    """The control socket (``control_socket``), serving ``mtasts cache ... --control PATH``; None without one.
+
+    A purge through it goes through :meth:`SocketmapServer.purge`, which also forgets the server's memos.
+    """
+    if config.control_socket is None:
+        return None
+    from ..control.server import ControlServer  # noqa: PLC0415 - only with a control socket
+
+    control = ControlServer(server.resolver, path=config.control_socket, mode=config.control_mode, purge=server.purge)
+    try:
+        await control.start()
+    except BaseException:
+        await server.aclose(0)
+        raise
+    log.info("control socket %s (mode %s): mtasts cache ... --control PATH", control.path, oct(control.mode))
+    return control
 
 
 def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:

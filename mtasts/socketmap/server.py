@@ -32,7 +32,7 @@ from ..errors import DomainError, LocalError, MTASTSError, MXPermanentFailure, M
 from ..netstring import NetstringDecoder, NetstringError
 from ..options import format_host_port
 from ..policy import Mode, Policy
-from ..resolver import NOT_CACHED, LookupStatus, PolicyResolver
+from ..resolver import NOT_CACHED, LookupStatus, PolicyResolver, PurgeResult
 from .answers import (
     DANE_ONLY_NETSTRING,
     NOTFOUND_NETSTRING,
@@ -330,6 +330,36 @@ class SocketmapServer:
             self._report_limit()
             self._stopped.set()
 
+    # -- cache control (mtasts cache purge, through mtasts.control) -------------------------------------------------
+
+    async def purge(self, domain: str, *, wait: float = 60.0) -> PurgeResult:
+        """:meth:`PolicyResolver.purge` ``domain``, and forget what this server remembers of it: its DANE state and
+        the replies memoised for it — so the next request for it is answered from a fresh TXT query and fetch
+        (and a fresh DANE lookup), never from a memo. A DANE lookup of the domain in flight is waited for (up
+        to ``wait`` seconds) and its outcome forgotten too. Requests meanwhile get the fresh lookup's answer,
+        or ``TEMP`` after ``request_timeout`` (never ``NOTFOUND`` because memory was emptied)."""
+        key = normalize_domain(domain)
+        dane = self._dane
+        in_flight = dane.inflight.get(key) if dane is not None else None
+        self._forget(key)
+        result = await self.resolver.purge(key, wait=wait)
+        if in_flight is not None:
+            await asyncio.wait([in_flight], timeout=wait)
+            self._forget(key)
+        return result
+
+    def _forget(self, key: str) -> None:
+        """Drop the memos held for the normalised domain ``key`` (those keyed by the domain as asked included)."""
+        dane = self._dane
+        if dane is not None:
+            dane.states.pop(key, None)
+            for memo in (dane.replies, dane.tlsrpt_replies):
+                for asked in [asked for asked in memo if _names(asked, key)]:
+                    del memo[asked]
+        replies = self._replies
+        for memo_key in [k for k in replies if isinstance(k, tuple) and _names(k[0], key)]:
+            del replies[memo_key]
+
     # -- the connection bounds ---------------------------------------------------------------------------------------
 
     def _make_room(self) -> bool:
@@ -608,6 +638,18 @@ class _DaneDeferred(Exception):
     def __init__(self, reply: bytes, why: str) -> None:
         super().__init__(why)
         self.reply, self.why = reply, why
+
+
+def _names(asked: str, key: str) -> bool:
+    """Whether the domain ``asked`` (as a request named it) is the normalised domain ``key``."""
+    if asked == key:
+        return True
+    if asked.isascii():
+        return asked.lower().removesuffix(".") == key
+    try:
+        return normalize_domain(asked) == key
+    except DomainError:
+        return False
 
 
 def _settle(dane: _Dane, domain: str, done: asyncio.Future[bytes | None]) -> None:
