@@ -500,6 +500,7 @@ def test_rfc3339() -> None:
     assert rfc3339(None) is None
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(1_800_000_000.9) == "2027-01-15T08:00:00Z"
+    assert rfc3339(1e20) is None  # out of range: no time rather than an error
     parsed = datetime.datetime.fromisoformat(rfc3339(1_800_000_000) or "")
     assert parsed.timestamp() == 1_800_000_000
 

@@ -14,6 +14,7 @@ sends both with status 503. Nothing here does I/O: no asyncio, no aiohttp, no cl
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -58,9 +59,15 @@ class VerdictRequest:
 
 def rfc3339(seconds: float | None) -> str | None:
     """Seconds since the epoch as an RFC 3339 UTC time to the second (``2026-12-01T16:07:12Z``), None as None."""
-    if seconds is None:
+    return None if seconds is None else _rfc3339(int(seconds))
+
+
+@functools.lru_cache(maxsize=4096)  # the same fetch times come back on every cached answer
+def _rfc3339(seconds: int) -> str | None:
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):  # beyond year 9999: not a time a policy can have
         return None
-    moment = datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
