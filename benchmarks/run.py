@@ -481,6 +481,16 @@ async def _http_server(env: WorldEnv, port: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            fields = file.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def section_http(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
     """``mtasts serve-http`` beside ``mtasts serve-socketmap`` on the same cached domains, one request at a time
     per keep-alive connection (each server its own process, the load from a third)."""
@@ -509,7 +519,12 @@ async def section_http(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
                 for connections in levels:
                     progress.show(f"http: serve-{kind}, {connections} keep-alive connection(s)")
                     args = {"port": port, "domains": domains, "connections": connections, "requests": requests}
-                    rows.append(await run_worker(client, "load", args if kind == "http" else {**args, "depth": 1}))
+                    before = _process_cpu(process.pid)
+                    row = await run_worker(client, "load", args if kind == "http" else {**args, "depth": 1})
+                    after = _process_cpu(process.pid)
+                    if before is not None and after is not None and row.get("requests"):
+                        row["server_cpu_us"] = (after - before) / row["requests"] * 1e6  # per request
+                    rows.append(row)
                 fetches = _counts(world, domains)["https_requests"] - fetched
                 results[kind] = {"warm": warm, "levels": rows, "fetches_during_load": fetches}
             finally:
@@ -525,15 +540,16 @@ async def section_http(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
         rows.append([
             f"{connections} conn", _fmt(h.get("requests_per_s"), "/s"), _fmt(h.get("p50_us"), " us"),
             _fmt(h.get("p99_us"), " us"), f"{hits:,}/{h.get('requests', 0):,}" if hits is not None else "-",
-            _fmt(s.get("requests_per_s"), "/s"), _fmt(s.get("p99_us"), " us"),
-            _ratio(h.get("requests_per_s"), s.get("requests_per_s")),
+            _fmt(h.get("server_cpu_us"), " us"), _fmt(s.get("requests_per_s"), "/s"), _fmt(s.get("p99_us"), " us"),
+            _fmt(s.get("server_cpu_us"), " us"), _ratio(h.get("requests_per_s"), s.get("requests_per_s")),
             h.get("error", "") or s.get("error", ""),
         ])  # fmt: skip
     fetches = results.get("http", {}).get("fetches_during_load")
     ctx["tables"].append(_table(
         f"HTTP API, GET /v1/policy/{{domain}} over {count:,} cached enforce domains, beside the socketmap "
         f"(one request at a time per keep-alive connection; policy fetches during the load: {fetches})",
-        ["load", "http req/s", "p50", "p99", "cache hits", "socketmap req/s", "p99", "http/socketmap", "note"],
+        ["load", "http req/s", "p50", "p99", "cache hits", "CPU/req", "socketmap req/s", "p99", "CPU/req",
+         "http/socketmap", "note"],
         rows))  # fmt: skip
     return {"http": results}
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from .._checks import check_count, check_seconds
 from ..decision import LookupStatus
 from ..errors import DomainError, UsageError
-from ..resolver import PolicyLookup, PolicyResolver
+from ..resolver import NOT_CACHED, PolicyLookup, PolicyResolver
 from .answers import parse_verdict_request, policy_answer, verdict_answer
 from .openapi import openapi_document
 
@@ -61,6 +61,7 @@ class _Api:
 
     def __init__(self, resolver: PolicyResolver, *, request_timeout: float, retry_after: int, max_body: int) -> None:
         self.resolver = resolver
+        self._cached_policy = resolver.cached_policy  # the synchronous hot read (an attribute, not a method)
         self.request_timeout = request_timeout
         self.retry_after = retry_after
         self.max_body = max_body
@@ -107,6 +108,10 @@ class _Api:
 
     async def _lookup(self, domain: str) -> PolicyLookup:
         try:
+            if self._cached_policy(domain) is not NOT_CACHED:
+                # Memory answers (a cached policy or a remembered negative answer): no I/O, so no timer — a timer
+                # per request would cost more than the lookup itself.
+                return await self.resolver.lookup(domain)
             async with asyncio.timeout(self.request_timeout):
                 return await self.resolver.lookup(domain)
         except TimeoutError:
