@@ -3,20 +3,21 @@
     mtasts demo                          the loopback demo (the README's)
     mtasts check DOMAIN [--json] [--starttls]
     mtasts serve-socketmap [...]         a Postfix socketmap server (docs/postfix.md)
+    mtasts serve-http [...]              a local HTTP API for other relays (docs/http-api.md)
     mtasts tlsrpt show|send              TLS-RPT reports (docs/tlsrpt.md)
     mtasts cache list|show|purge|export|warm   the daemon's cache, or a store (docs/operations.md)
     mtasts bench [--quick] [--json PATH] the benchmark runner (from a source checkout)
 
-``check``, ``serve-socketmap`` and ``tlsrpt send`` take the world options ``--nameserver IP[:PORT]``, ``--cafile
-PEM`` and ``--policy-port N`` (:class:`~mtasts.options.WorldOptions`), so they run against a :mod:`mtasts.testing`
-world as well as the internet.
+``check``, ``serve-socketmap``, ``serve-http`` and ``tlsrpt send`` take the world options ``--nameserver
+IP[:PORT]``, ``--cafile PEM`` and ``--policy-port N`` (:class:`~mtasts.options.WorldOptions`), so they run against
+a :mod:`mtasts.testing` world as well as the internet.
 Exit codes: 0 ok, 1 problems found (``check``) or a failure, 2 usage. A usage error is one line on stderr (and,
 with ``--json``, ``{"error": ..., "exit": 2}`` on stdout); a closed pipe (``mtasts check ... | head -1``) ends
 quietly.
 
 This module owns every subcommand's flags; each command is a plain function of its own module
-(:func:`mtasts.check.run`, :func:`mtasts.socketmap.run`, :mod:`mtasts.tlsrpt.cli`), and none of them imports
-this one.
+(:func:`mtasts.check.run`, :func:`mtasts.socketmap.run`, :func:`mtasts.http_api.run`, :mod:`mtasts.tlsrpt.cli`),
+and none of them imports this one.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "positive_seconds",
     "register_cache",
     "register_check",
+    "register_serve_http",
     "register_serve_socketmap",
     "register_tlsrpt",
     "serve_socketmap_config",
@@ -247,6 +249,43 @@ def _serve_socketmap(args: argparse.Namespace) -> int:
     from . import socketmap  # noqa: PLC0415
 
     return socketmap.run(serve_socketmap_config(args))
+
+
+# -- serve-http -----------------------------------------------------------------------------------------------------
+
+
+def register_serve_http(commands: Any) -> None:
+    """``mtasts serve-http`` (:func:`mtasts.http_api.run`); flags override the configuration file."""
+    from .socketmap.config import LOG_LEVELS  # noqa: PLC0415 - the async shell loads only when a parser is built
+
+    parser = commands.add_parser(
+        "serve-http",
+        help="a local HTTP API of MTA-STS policies and verdicts for other mail relays (docs/http-api.md)",
+        description="Answer GET /v1/policy/{domain} and POST /v1/verdict with JSON, from the same resolver, store "
+        "and configuration file as serve-socketmap. Flags override the configuration file.",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:8462; [::1]:8462)")
+    parser.add_argument("--config", metavar="FILE.toml", help="configuration file (keys: docs/http-api.md)")
+    parser.add_argument("--store", metavar="SPEC", help="memory | sqlite (default) | sqlite:PATH | redis://...")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    add_world_options(parser)
+    parser.set_defaults(handler=_serve_http, policy_port=None)  # None: not given, the file or the default applies
+
+
+def _serve_http(args: argparse.Namespace) -> int:
+    from . import http_api  # noqa: PLC0415
+    from .socketmap import ServerConfig, load_config, override  # noqa: PLC0415
+
+    config = load_config(args.config) if args.config else ServerConfig()
+    config = override(
+        config,
+        store=args.store,
+        log_level=args.log_level,
+        nameserver=args.nameserver,
+        cafile=args.cafile,
+        policy_port=args.policy_port,
+    )
+    return http_api.run(config, listen=http_api.parse_listen(args.listen or http_api.DEFAULT_LISTEN))
 
 
 # -- tlsrpt show | send ---------------------------------------------------------------------------------------------
@@ -462,6 +501,7 @@ def _main(arguments: list[str]) -> int:
     bench.set_defaults(handler=_bench)
     register_check(commands)
     register_serve_socketmap(commands)
+    register_serve_http(commands)
     register_tlsrpt(commands)
     register_cache(commands)
     try:
