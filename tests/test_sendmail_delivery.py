@@ -17,6 +17,7 @@ import errno
 import itertools
 import re
 import shutil
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mtasts.testing import World
 
@@ -125,6 +127,13 @@ async def add_domain(mail: MailWorld, domain: str, mode: str | None, *mx: tuple[
     mail.set_mx(domain, *((preference, host) for preference, host, _ in mx))
     if mode is not None:
         mail.world.publish(domain, policy(mode, *(host for _, host, _ in mx)))
+
+
+class Sink:
+    """An aiosmtpd handler accepting every message (the SNI test's own MX servers)."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 Message accepted"
 
 
 def assert_arrived(mail: MailWorld, mx: str, outcome: Outcome, *, tls: bool = True) -> None:
@@ -234,3 +243,39 @@ async def test_an_unreachable_daemon_defers(tools: Tools, world: World, mail: Ma
     assert outcome.status == "deferred", outcome
     assert re.search(r"Deferred: 450 4\.7\.0 .*STS lookup temp fail", outcome.transcript), outcome
     assert mail.inbox.to("mx.nodaemon.test") == []
+
+
+async def sni_recording_mx(mail: MailWorld, mx: str) -> tuple[asyncio.Server, list[str | None]]:
+    """An MX server for ``mx`` (valid certificate, its own address) that records the SNI of every handshake."""
+    seen: list[str | None] = []
+    context = mail.world.server_ssl_context(mx, "valid")
+
+    def record(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        seen.append(name)
+
+    context.sni_callback = record
+
+    def factory() -> SMTP:
+        return SMTP(Sink(), tls_context=context, hostname=mx)
+
+    address = next(_addresses)
+    mail.world.add_record(mx, "A", address)
+    server = await asyncio.get_running_loop().create_server(factory, host=address, port=mail.port)
+    return server, seen
+
+
+async def test_servername_hostname_sends_the_mx_name_as_sni(sendmail: Sendmail, mail: MailWorld) -> None:
+    """``servername=hostname`` in our answer is what makes sendmail's Set_SNI rule ask for SNI: the MX server
+    sees its own name in the TLS ClientHello; without an enforce policy sendmail sends none."""
+    names: dict[str, list[str | None]] = {}
+    for domain, mode in [("sni.enforce.test", "enforce"), ("sni.testing.test", "testing")]:
+        server, names[domain] = await sni_recording_mx(mail, f"mx.{domain}")
+        try:
+            mail.set_mx(domain, (10, f"mx.{domain}"))
+            mail.world.publish(domain, policy(mode, f"mx.{domain}"))
+            outcome = await sendmail.deliver(f"rcpt@{domain}")
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert outcome.status == "sent", outcome
+    assert names == {"sni.enforce.test": ["mx.sni.enforce.test"], "sni.testing.test": [None]}
