@@ -3,7 +3,9 @@
 Debian's sendmail packages conflict with postfix (which the suite needs), so sendmail is never installed: ``./run``
 (``need_sendmail``) fetches ``sendmail-bin`` and ``sendmail-cf`` with ``apt-get download`` and unpacks them with
 ``dpkg-deb -x`` under ``$MTASTS_SENDMAIL_DIR`` (default ``/var/cache/mtasts-tests/sendmail``). :func:`find_sendmail`
-runs that step itself when the tree is missing, and skips (printing the reason) only when it fails.
+runs that step itself when the tree is missing, and skips (printing the reason) only when it fails. The
+instances' directories go under ``$MTASTS_SENDMAIL_DIR/run``, which must not be below a world-writable directory
+(sendmail refuses a ``local:`` socket map there).
 
 Every sendmail run (:meth:`Sendmail.run`) is a process of its own in new mount and UTS namespaces
 (``unshare --mount --uts``): its host name is ``sender.test``, and ``/etc/hosts`` and ``/etc/resolv.conf`` are

@@ -106,8 +106,9 @@ async def start_daemon(world: World, directory: Path) -> tuple[asyncio.subproces
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def sendmail(tools: Tools, world: World, mail: MailWorld) -> AsyncIterator[Sendmail]:
     instance, directory = sendmail_instance(tools, nameserver=world.dns_host)
-    daemon, port = await start_daemon(world, directory)
+    daemon = None
     try:
+        daemon, port = await start_daemon(world, directory)
         instance.configure(
             documented_mc(directory, address=f"inet:{port}@127.0.0.1", ca_file=world.ca_pem_path, mx_port=mail.port)
         )
@@ -115,7 +116,8 @@ async def sendmail(tools: Tools, world: World, mail: MailWorld) -> AsyncIterator
         log = (directory / "daemon.log").read_text()
         assert not re.search(r" (WARNING|ERROR|CRITICAL) ", log), log
     finally:
-        await stop_process(daemon)
+        if daemon is not None:
+            await stop_process(daemon)
         shutil.rmtree(directory, ignore_errors=True)
 
 
