@@ -379,3 +379,39 @@ async def test_dane_only_would_leave_the_domain_unchecked(
         checked = await run_rules(sendmail, "dane.example", server_name="mx.elsewhere.example", verify="FAIL")
     assert "authenticationfailed" in squash(returns(checked, "STS_secure")[0]), checked
     assert "450mx.elsewhere.examplenotfoundin" in squash(returns(checked, "STS_Check")[0]), checked
+
+
+async def test_the_entry_rulesets_with_debians_access_db(
+    sendmail: Sendmail, world: World, resolver: PolicyResolver
+) -> None:
+    """Debian's sendmail.mc has ``FEATURE(`access_db')``, which adds its own TLS rules to ``tls_server`` and
+    ``tls_rcpt`` (the rulesets sendmail calls): the sts checks still decide first."""
+    async with SocketmapServer(resolver, port=0) as server:
+        access = f"FEATURE(`access_db', `hash -o -T<TMPF> {sendmail.directory}/access')dnl\n"
+        sendmail.configure(
+            instance_mc(
+                sendmail.directory,
+                mx_port=25,
+                body=access + substitute(documented_block("m4"), {DOC_ADDRESS: f"inet:{server.port}@127.0.0.1"}),
+            )
+        )
+        output = await sendmail.bt(
+            [
+                ".D{rcpt_addr}rcpt@enforce.example",
+                ".D{cipher_bits}256",
+                ".D{server_name}mx.other.example",
+                ".C{cert_altnames}mx.other.example",
+                "tls_server OK",
+                "tls_rcpt rcpt@enforce.example",  # the MX is not in the policy
+                "tls_server FAIL",
+                ".D{server_name}mx.enforce.example",
+                ".C{cert_altnames}mx.enforce.example",
+                "tls_rcpt rcpt@enforce.example",
+            ]
+        )
+    assert [squash(r) for r in returns(output, "tls_server")] == [
+        "OK",
+        squash('$# error $@ 4.7.0 $: 403 " authentication failed"'),
+    ], output
+    not_found = '$# error $@ 4.7.0 $: 450 mx.other.example not found in " " mx.enforce.example:.example.net'
+    assert [squash(r) for r in returns(output, "tls_rcpt")] == [squash(not_found), "OK"], output
