@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import doctest
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import mtasts.socketmap.exim
+import mtasts.socketmap.exim_answers
 from mtasts import Policy, PolicyResolver, parse_policy
 from mtasts.netstring import encode
 from mtasts.socketmap import SocketmapServer
@@ -53,7 +55,7 @@ async def ask(server: SocketmapServer, domain: str) -> bytes:
 
 
 def test_the_answers_module_is_pure() -> None:
-    path = Path(mtasts.socketmap.exim.__file__).with_name("exim_answers.py")
+    path = Path(mtasts.socketmap.exim_answers.__file__)
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -61,6 +63,11 @@ def test_the_answers_module_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & FORBIDDEN
+
+
+def test_the_docstring_examples_run() -> None:
+    result = doctest.testmod(mtasts.socketmap.exim_answers)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_allowed_hosts_keep_the_mx_order_and_match_one_label_only() -> None:

@@ -30,6 +30,7 @@ from ._smtp import MailWorld
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "exim.md"
+NO_ANSWER = "MTA-STS: TEMP no answer from the mtasts daemon"  # the configuration's words for a missing answer
 
 
 def doc_sections() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -297,7 +298,7 @@ async def test_testing_none_and_no_policy_keep_exims_defaults(exim: Exim, mail: 
 
 
 async def test_a_daemon_that_does_not_answer_defers_everything(world: World, mail: MailWorld) -> None:
-    """The daemon stopped: readsocket's fail string defers every remote address — an enforce domain (which Exim's
+    """The daemon stopped: no answer defers every remote address — an enforce domain (which Exim's
     defaults would send in plaintext to this MX) and a domain without a policy alike — and nothing is sent."""
     await add_domain(mail, "stopped.enforce.test", "enforce", (10, "mx.stopped.enforce.test", None))
     await add_domain(mail, "stopped.nopolicy.test", None, (10, "mx.stopped.nopolicy.test", None))
@@ -314,7 +315,46 @@ async def test_a_daemon_that_does_not_answer_defers_everything(world: World, mai
         await daemon.stop()
     for outcome in outcomes.values():
         assert (outcome.status, outcome.router, outcome.host) == ("deferred", "mtasts_lookup", None), outcome.log()
-        assert "MTA-STS: TEMP the mtasts daemon did not answer" in outcome.text, outcome.log()
+        assert outcome.text.endswith(NO_ANSWER), outcome.log()
     for mx in ["mx.stopped.enforce.test", "mx.stopped.nopolicy.test"]:
         assert mail.inbox.connections.get(mx, 0) == 0
         assert mail.inbox.to(mx) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "reply", "logged"),
+    [
+        ("closed", b"", NO_ANSWER),  # what a daemon at max_connections does
+        ("cut-short", b"30:OK mx.garbled.test", NO_ANSWER),
+        ("not-a-netstring", b"OK mx.garbled.test", NO_ANSWER),
+        ("wrong-length", b"17:OK mx.garbled.test,", NO_ANSWER),
+        ("a-newline", b"19:OK mx.garbled.test\n,", NO_ANSWER),
+        ("not-a-host-list", b"35:OK mx.garbled.test mx2.garbled.test,", "MTA-STS: OK mx.garbled.test mx2.garbled.test"),
+        ("no-host", b"3:OK ,", "MTA-STS: OK "),
+    ],
+)
+async def test_an_answer_that_is_not_ok_or_notfound_defers(
+    world: World, mail: MailWorld, case: str, reply: bytes, logged: str
+) -> None:
+    """The configuration takes only a well-formed ``OK <hosts>`` or ``NOTFOUND `` from the listener: anything
+    else — here from a listener that is not mtasts — defers, even for a domain Exim's defaults would send."""
+    domain = f"{case}.garbled.test"
+    await add_domain(mail, domain, None, (10, f"mx.{domain}", None))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        writer.write(reply)
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with exim_instance(world, doc_config(), mtasts_host="127.0.0.1", mtasts_port=port) as exim:
+            outcome = (await exim.deliver(f"rcpt@{domain}"))[f"rcpt@{domain}"]
+            assert exim.paniclog() == ""
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert (outcome.status, outcome.router, outcome.host) == ("deferred", "mtasts_lookup", None), outcome.log()
+    assert outcome.text.endswith(logged), outcome.log()
+    assert mail.inbox.connections.get(f"mx.{domain}", 0) == 0

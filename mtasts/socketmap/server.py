@@ -530,7 +530,7 @@ class SocketmapServer:
         exim = self._exim
         if exim is None:
             exim = self._exim = EximMap(self.resolver)
-        answer = await exim.answer(domain, timeout=self.request_timeout)
+        answer = await exim.answer(domain, timeout=self.request_timeout)  # never raises: TEMP for any failure
         self.timeouts += answer.outcome is Outcome.TIMEOUT
         self.deferred += answer.outcome is Outcome.DEFERRED
         self.errors += answer.outcome is Outcome.ERROR
