@@ -32,7 +32,7 @@ from .answers import (
     TEMP_PENDING_NETSTRING,
     parse_key,
 )
-from .exim_answers import TEMP_MX_LOOKUP_NETSTRING, TEMP_NO_MX_NETSTRING, exim_reply
+from .exim_answers import TEMP_MX_LOOKUP_NETSTRING, TEMP_NO_MATCH_NETSTRING, TEMP_NO_MX_NETSTRING, exim_reply
 
 __all__ = ["EximAnswer", "EximLookup", "EximMap", "Outcome", "exim_request"]
 
@@ -129,6 +129,6 @@ class EximMap:
             log.info("exim lookup for %s (enforce): %s: answered TEMP", domain, exc.message)
             return EximAnswer(TEMP_NO_MX_NETSTRING, Outcome.DEFERRED)
         reply = exim_reply(policy, mx.hosts)
-        if not reply.startswith(b"OK ", reply.index(b":") + 1):
+        if reply == TEMP_NO_MATCH_NETSTRING:
             log.info("exim lookup for %s (enforce): none of the MX hosts %s matches the policy", domain, mx.hosts)
         return EximAnswer(reply)
