@@ -23,7 +23,9 @@ Layers, each a module of this package:
   pipelining, ordering, back-pressure, connection bounds);
 - :mod:`~mtasts.socketmap.config` — :class:`ServerConfig`, its TOML file (:func:`load_config`), the descriptor
   plan (:func:`plan_descriptors`);
-- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, shutdown.
+- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, shutdown;
+- :mod:`~mtasts.socketmap.exim_answers` (sans-I/O) and :mod:`~mtasts.socketmap.exim` — the ``exim`` map that Exim's
+  ``${readsocket}`` asks: the MX hosts an enforce policy allows (docs/exim.md).
 
 The command line (``mtasts serve-socketmap``) is :mod:`mtasts.cli`'s.
 """

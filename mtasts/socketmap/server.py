@@ -47,6 +47,8 @@ from .answers import (
     policy_reply,
     tlsrpt_reply,
 )
+from .exim import EximLookup, EximMap, Outcome, exim_request
+from .exim_answers import EXIM_MAP_NAME
 
 __all__ = ["SocketmapServer"]
 
@@ -214,6 +216,8 @@ class SocketmapServer:
     _tlsrpt_every_name = False
     #: DANE first (dane=True): None, the class default, answers as MTA-STS alone.
     _dane: _Dane | None = None
+    #: The ``exim`` map (docs/exim.md), made at its first request.
+    _exim: EximMap | None = None
 
     @property
     def unix_mode(self) -> int | None:
@@ -479,6 +483,8 @@ class SocketmapServer:
         name, space, raw_key = payload.partition(b" ")
         if not space or not name:
             return PERM_REQUEST_NETSTRING
+        if name == EXIM_MAP_NAME:  # Exim's ${readsocket}: the MX hosts an enforce policy allows (docs/exim.md)
+            return exim_request(self._cached_policy, raw_key)
         tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
         try:
             key = raw_key.decode()
@@ -501,6 +507,8 @@ class SocketmapServer:
 
     async def _slow(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
+        if type(domain) is EximLookup:
+            return await self._exim_answer(domain)
         try:
             async with asyncio.timeout(self.request_timeout):
                 lookup = await self.resolver.lookup(domain)
@@ -546,6 +554,17 @@ class SocketmapServer:
             answer = self._replies.get(policy) or self._remember(policy, domain)
         assert isinstance(answer, bytes)  # a domain to look up comes back only for DANE, handled above
         return answer
+
+    async def _exim_answer(self, domain: EximLookup) -> bytes:
+        """The ``exim`` map's reply for ``domain`` (:class:`~mtasts.socketmap.exim.EximMap`), counted."""
+        exim = self._exim
+        if exim is None:
+            exim = self._exim = EximMap(self.resolver)
+        answer = await exim.answer(domain, timeout=self.request_timeout)  # never raises: TEMP for any failure
+        self.timeouts += answer.outcome is Outcome.TIMEOUT
+        self.deferred += answer.outcome is Outcome.DEFERRED
+        self.errors += answer.outcome is Outcome.ERROR
+        return answer.netstring
 
     def _remember(self, policy: Policy, domain: str) -> bytes | str:
         """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
