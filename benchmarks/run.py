@@ -14,6 +14,8 @@ Sections (docs/benchmarks.md says what each measures and why):
 * ``stores`` — restoring 100,000 entries from each store at start-up, and the hit with a store behind memory;
 * ``socketmap`` — the Postfix socketmap server against the peer's daemon: requests/s and p99 for cache hits over
   1 and 10 connections, one request at a time and pipelined (the load comes from a third process);
+* ``http``   — ``mtasts serve-http`` beside ``mtasts serve-socketmap``: requests/s, p99 and cache hits of
+  ``GET /v1/policy/{domain}`` over 1 and 10 keep-alive connections (the load comes from a third process);
 * ``recorder`` — the TLS-RPT recorder's cost per recorded session.
 
 Each measurement runs in a fresh worker process (``benchmarks.workers``); the loopback world (and, for the peer,
@@ -36,7 +38,7 @@ from typing import Any
 from .workers import WorldEnv, run_worker, uvloop_available
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hit", "load", "cold", "herd", "fleet", "memory", "stores", "socketmap", "recorder")
+SECTIONS = ("hit", "load", "cold", "herd", "fleet", "memory", "stores", "socketmap", "http", "recorder")
 
 
 class Progress:
@@ -469,6 +471,89 @@ async def section_socketmap(ctx: dict[str, Any], quick: bool, progress: Progress
     return {"socketmap": results}
 
 
+async def _http_server(env: WorldEnv, port: int) -> asyncio.subprocess.Process:
+    argv = ["-m", "mtasts", "serve-http", "--listen", f"127.0.0.1:{port}", "--store", "memory",
+            "--nameserver", f"{env.dns_host}:{env.dns_port}", "--cafile", env.ca_pem_path,
+            "--policy-port", str(env.https_port), "--log-level", "warning"]  # fmt: skip
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            fields = file.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def section_http(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
+    """``mtasts serve-http`` beside ``mtasts serve-socketmap`` on the same cached domains, one request at a time
+    per keep-alive connection (each server its own process, the load from a third)."""
+    count = 1_000
+    requests = 20_000 if quick else 100_000
+    levels = (1, 10)
+    domains = [f"h{i}.http.example" for i in range(count)]
+
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+        for i, domain in enumerate(domains):
+            world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.p{i % 100}.example\nmax_age: 604800\n")
+            world.server_ssl_context(f"mta-sts.{domain}")
+        results: dict[str, Any] = {"domains": count}
+        for kind in ("http", "socketmap"):
+            port = _free_port()
+            process = await (_http_server(env, port) if kind == "http" else _socketmap_server("mtasts", env, port))
+            client = "http-client" if kind == "http" else "client"
+            try:
+                if not await _wait_for_port(port, process):
+                    results[kind] = {"error": f"mtasts serve-{kind} did not start"}
+                    continue
+                progress.show(f"http: serve-{kind}, filling its cache with {count} domains")
+                warm = await run_worker(client, "warm", {"port": port, "domains": domains})
+                fetched = _counts(world, domains)["https_requests"]
+                rows = []
+                for connections in levels:
+                    progress.show(f"http: serve-{kind}, {connections} keep-alive connection(s)")
+                    args = {"port": port, "domains": domains, "connections": connections, "requests": requests}
+                    before = _process_cpu(process.pid)
+                    row = await run_worker(client, "load", args if kind == "http" else {**args, "depth": 1})
+                    after = _process_cpu(process.pid)
+                    if before is not None and after is not None and row.get("requests"):
+                        row["server_cpu_us"] = (after - before) / row["requests"] * 1e6  # per request
+                    rows.append(row)
+                fetches = _counts(world, domains)["https_requests"] - fetched
+                results[kind] = {"warm": warm, "levels": rows, "fetches_during_load": fetches}
+            finally:
+                await _stop(process)
+        return results
+
+    results = await _with_world(body)
+    rows = []
+    for index, connections in enumerate(levels):
+        h = results.get("http", {}).get("levels", [{}] * len(levels))[index]
+        s = results.get("socketmap", {}).get("levels", [{}] * len(levels))[index]
+        hits = h.get("cache_hits")
+        rows.append([
+            f"{connections} conn", _fmt(h.get("requests_per_s"), "/s"), _fmt(h.get("p50_us"), " us"),
+            _fmt(h.get("p99_us"), " us"), f"{hits:,}/{h.get('requests', 0):,}" if hits is not None else "-",
+            _fmt(h.get("server_cpu_us"), " us"), _fmt(s.get("requests_per_s"), "/s"), _fmt(s.get("p99_us"), " us"),
+            _fmt(s.get("server_cpu_us"), " us"), _ratio(h.get("requests_per_s"), s.get("requests_per_s")),
+            h.get("error", "") or s.get("error", ""),
+        ])  # fmt: skip
+    fetches = results.get("http", {}).get("fetches_during_load")
+    ctx["tables"].append(_table(
+        f"HTTP API, GET /v1/policy/{{domain}} over {count:,} cached enforce domains, beside the socketmap "
+        f"(one request at a time per keep-alive connection; policy fetches during the load: {fetches})",
+        ["load", "http req/s", "p50", "p99", "cache hits", "CPU/req", "socketmap req/s", "p99", "CPU/req",
+         "http/socketmap", "note"],
+        rows))  # fmt: skip
+    return {"http": results}
+
+
 async def section_recorder(ctx: dict[str, Any], quick: bool, progress: Progress) -> dict[str, Any]:
     progress.show("recorder: TLSReporter.record")
     result = await run_worker("mtasts", "recorder", {"iterations": 200_000 if quick else 1_000_000})
@@ -527,7 +612,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sections: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "hit": section_hit, "load": section_load, "cold": section_cold, "herd": section_herd, "fleet": section_fleet,
         "memory": section_memory,
-        "stores": section_stores, "socketmap": section_socketmap, "recorder": section_recorder,
+        "stores": section_stores, "socketmap": section_socketmap, "http": section_http, "recorder": section_recorder,
     }  # fmt: skip
     for name in args.only or SECTIONS:
         report.update(await sections[name](ctx, args.quick, progress))

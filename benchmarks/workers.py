@@ -24,6 +24,7 @@ IMPLEMENTATIONS = {
     "mtasts": "benchmarks.mtasts_impl",
     "peer": "benchmarks.peer_impl",
     "client": "benchmarks.socketmap_client",
+    "http-client": "benchmarks.http_client",
 }
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     elif loop != "asyncio":
         raise SystemExit(f"unknown event loop {loop!r}: asyncio or uvloop")
-    elif impl == "client":
+    elif impl in ("client", "http-client"):
         # The load generator must cost less per request than the servers it measures: uvloop if available.
         try:
             import uvloop  # noqa: PLC0415

@@ -3,19 +3,21 @@
     mtasts demo                          the loopback demo (the README's)
     mtasts check DOMAIN [--json] [--starttls]
     mtasts serve-socketmap [...]         a Postfix socketmap server (docs/postfix.md)
+    mtasts serve-http [...]              a local HTTP API for other relays (docs/http-api.md)
     mtasts tlsrpt show|send              TLS-RPT reports (docs/tlsrpt.md)
+    mtasts cache list|show|purge|export|warm   the daemon's cache, or a store (docs/operations.md)
     mtasts bench [--quick] [--json PATH] the benchmark runner (from a source checkout)
 
-``check``, ``serve-socketmap`` and ``tlsrpt send`` take the world options ``--nameserver IP[:PORT]``, ``--cafile
-PEM`` and ``--policy-port N`` (:class:`~mtasts.options.WorldOptions`), so they run against a :mod:`mtasts.testing`
-world as well as the internet.
+``check``, ``serve-socketmap``, ``serve-http`` and ``tlsrpt send`` take the world options ``--nameserver
+IP[:PORT]``, ``--cafile PEM`` and ``--policy-port N`` (:class:`~mtasts.options.WorldOptions`), so they run against
+a :mod:`mtasts.testing` world as well as the internet.
 Exit codes: 0 ok, 1 problems found (``check``) or a failure, 2 usage. A usage error is one line on stderr (and,
 with ``--json``, ``{"error": ..., "exit": 2}`` on stdout); a closed pipe (``mtasts check ... | head -1``) ends
 quietly.
 
 This module owns every subcommand's flags; each command is a plain function of its own module
-(:func:`mtasts.check.run`, :func:`mtasts.socketmap.run`, :mod:`mtasts.tlsrpt.cli`), and none of them imports
-this one.
+(:func:`mtasts.check.run`, :func:`mtasts.socketmap.run`, :func:`mtasts.http_api.run`, :mod:`mtasts.tlsrpt.cli`),
+and none of them imports this one.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ __all__ = [
     "port_number",
     "positive_count",
     "positive_seconds",
+    "register_cache",
     "register_check",
+    "register_serve_http",
     "register_serve_socketmap",
     "register_tlsrpt",
     "serve_socketmap_config",
@@ -208,6 +212,11 @@ def register_serve_socketmap(commands: Any) -> None:
         help="asyncio (default) or uvloop (pip install 'mtasts[fast]'; less CPU per cold lookup)",
     )
     parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="a control socket for 'mtasts cache ... --control PATH' (TOML control_socket; mode 0600)",
+    )
+    parser.add_argument(
         "--user",
         metavar="NAME",
         help="after binding, run as this user (start as root; docs/operations.md, Privileges)",
@@ -238,6 +247,7 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         tlsrpt=args.tlsrpt,
         dane=args.dane,
         event_loop=args.event_loop,
+        control_socket=args.control,
         user=args.user,
         group=args.group,
     )
@@ -249,6 +259,43 @@ def _serve_socketmap(args: argparse.Namespace) -> int:
     # SIGHUP reads the file again and lays the same flags on top (None: no file, nothing to reload)
     reload = (lambda: serve_socketmap_config(args)) if args.config else None
     return socketmap.run(serve_socketmap_config(args), reload=reload)
+
+
+# -- serve-http -----------------------------------------------------------------------------------------------------
+
+
+def register_serve_http(commands: Any) -> None:
+    """``mtasts serve-http`` (:func:`mtasts.http_api.run`); flags override the configuration file."""
+    from .socketmap.config import LOG_LEVELS  # noqa: PLC0415 - the async shell loads only when a parser is built
+
+    parser = commands.add_parser(
+        "serve-http",
+        help="a local HTTP API of MTA-STS policies and verdicts for other mail relays (docs/http-api.md)",
+        description="Answer GET /v1/policy/{domain} and POST /v1/verdict with JSON, from the same resolver, store "
+        "and configuration file as serve-socketmap. Flags override the configuration file.",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:8462; [::1]:8462)")
+    parser.add_argument("--config", metavar="FILE.toml", help="configuration file (keys: docs/http-api.md)")
+    parser.add_argument("--store", metavar="SPEC", help="memory | sqlite (default) | sqlite:PATH | redis://...")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    add_world_options(parser)
+    parser.set_defaults(handler=_serve_http, policy_port=None)  # None: not given, the file or the default applies
+
+
+def _serve_http(args: argparse.Namespace) -> int:
+    from . import http_api  # noqa: PLC0415
+    from .socketmap import ServerConfig, load_config, override  # noqa: PLC0415
+
+    config = load_config(args.config) if args.config else ServerConfig()
+    config = override(
+        config,
+        store=args.store,
+        log_level=args.log_level,
+        nameserver=args.nameserver,
+        cafile=args.cafile,
+        policy_port=args.policy_port,
+    )
+    return http_api.run(config, listen=http_api.parse_listen(args.listen or http_api.DEFAULT_LISTEN))
 
 
 # -- tlsrpt show | send ---------------------------------------------------------------------------------------------
@@ -278,7 +325,35 @@ def register_tlsrpt(commands: Any) -> None:
         else:
             add_world_options(action)
             action.add_argument("--smtp-port", type=port_number, default=25, help=argparse.SUPPRESS)  # for test worlds
+            _add_tlsrpt_schedule_options(action)
         action.set_defaults(handler=_tlsrpt_show if name == "show" else _tlsrpt_send)
+
+
+def _add_tlsrpt_schedule_options(action: argparse.ArgumentParser) -> None:
+    """``tlsrpt send``: when reports go out (RFC 8460 §4.1; docs/tlsrpt.md, "When reports are sent")."""
+    when = action.add_mutually_exclusive_group()
+    when.add_argument(
+        "--now",
+        action="store_true",
+        help="send every complete day's reports now, without waiting for their randomised send time",
+    )
+    when.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep running: send each report at its send time (SIGTERM or SIGINT stops)",
+    )
+    action.add_argument(
+        "--send-delay",
+        type=float,
+        metavar="SECONDS",
+        help="seconds after the UTC day ends before its reports go out (default 3600)",
+    )
+    action.add_argument(
+        "--send-window",
+        type=float,
+        metavar="SECONDS",
+        help="plus an offset (per sender, day and domain) below this many seconds (default 14400)",
+    )
 
 
 def _tlsrpt_show(args: argparse.Namespace) -> int:
@@ -298,6 +373,86 @@ def _tlsrpt_send(args: argparse.Namespace) -> int:
         organization=args.organization,
         contact=args.contact,
         smtp_port=args.smtp_port,
+        now=args.now,
+        wait=args.wait,
+        send_delay=args.send_delay,
+        send_window=args.send_window,
+    )
+
+
+# -- cache list | show | purge | export | warm ----------------------------------------------------------------------
+
+
+def register_cache(commands: Any) -> None:
+    """``mtasts cache list|show DOMAIN|purge DOMAIN|export|warm FILE`` (:mod:`mtasts.control.commands`)."""
+    parser = commands.add_parser(
+        "cache",
+        help="the policy cache of a running daemon (--control PATH) or of a store (--store STORE)",
+        description="Inspect and control the policy cache: a running daemon's, through its control socket, or a "
+        "store's directly (docs/operations.md).",
+    )
+    actions = parser.add_subparsers(dest="cache_command", required=True)
+    for name, help_text in [
+        ("list", "every cached policy"),
+        ("show", "what is remembered of one domain (exit 1: not cached)"),
+        ("purge", "forget a domain: its next lookup queries the TXT record and fetches the policy afresh"),
+        ("export", "Postfix texthash lines (smtp_tls_policy_maps) for the unexpired enforce policies"),
+        ("warm", "look up every domain of a file (one per line), politely"),
+    ]:
+        action = actions.add_parser(name, help=help_text)
+        if name in ("show", "purge"):
+            action.add_argument("domain")
+        elif name == "warm":
+            action.add_argument("file", help="one domain per line; # comments; - for standard input")
+        where = action.add_mutually_exclusive_group()
+        where.add_argument("--control", metavar="PATH", help="the daemon's control socket (its control_socket)")
+        where.add_argument("--config", metavar="FILE.toml", help="the daemon's configuration: its control_socket")
+        where.add_argument(
+            "--store", metavar="STORE", help="the store itself, no daemon: sqlite | sqlite:PATH | redis://..."
+        )
+        action.add_argument("--json", action="store_true", help="JSON output (docs/operations.md)")
+        if name == "export":
+            action.add_argument("--output", "-o", metavar="FILE", help="write the file (atomically) instead of stdout")
+        if name == "warm":
+            action.add_argument(
+                "--concurrency", metavar="N", type=positive_count, default=8, help="lookups at once (default 8, max 64)"
+            )
+            action.add_argument(
+                "--rate",
+                metavar="N",
+                type=positive_seconds,
+                help="lookups started per second at most (default: no limit)",
+            )
+            add_world_options(action)  # for --store: this process looks the domains up
+        action.set_defaults(handler=_cache)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .control import commands  # noqa: PLC0415
+    from .control.protocol import MAX_CONCURRENCY, MAX_RATE  # noqa: PLC0415
+    from .errors import UsageError  # noqa: PLC0415
+
+    where = commands.target(control=args.control, store=args.store, config=args.config)
+    action = args.cache_command
+    if action == "list":
+        return commands.list_cache(where, as_json=args.json)
+    if action == "show":
+        return commands.show(where, args.domain, as_json=args.json)
+    if action == "purge":
+        return commands.purge(where, args.domain, as_json=args.json)
+    if action == "export":
+        return commands.export(where, output=args.output, as_json=args.json)
+    if args.concurrency > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency is at most {MAX_CONCURRENCY}, not {args.concurrency}")
+    if args.rate is not None and args.rate > MAX_RATE:
+        raise UsageError(f"--rate is at most {MAX_RATE:g} lookups per second, not {args.rate:g}")
+    return commands.warm(
+        where,
+        args.file,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        world=world_options(args),
+        as_json=args.json,
     )
 
 
@@ -356,7 +511,9 @@ def _main(arguments: list[str]) -> int:
     bench.set_defaults(handler=_bench)
     register_check(commands)
     register_serve_socketmap(commands)
+    register_serve_http(commands)
     register_tlsrpt(commands)
+    register_cache(commands)
     try:
         args = parser.parse_args(arguments)
     except _UsageExit as exc:

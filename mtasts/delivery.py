@@ -563,15 +563,23 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
             client.close()
 
 
+def _check_path(what: str, address: str) -> str:
+    """An SMTP path may hold no control character (RFC 5321 §4.1.2: Mailbox is printable; a CR or LF would end
+    the MAIL/RCPT command early — aiosmtplib refuses it with a bare ValueError, mapped here to a UsageError)."""
+    if not isinstance(address, str) or any(ord(char) < 0x20 or ord(char) == 0x7F for char in address):
+        raise UsageError(f"{what} is not an address (control characters): {address!r}")
+    return address
+
+
 def _sender(message: email.message.Message | bytes, sender: str | None) -> str:
     if sender is not None:
-        return sender
+        return _check_path("sender", sender)
     if isinstance(message, email.message.Message):
         header = message.get("Sender") or message.get("From")
         if header:
             _, address = email.utils.parseaddr(str(header))
             if address:
-                return address
+                return _check_path("sender", address)
     raise UsageError("deliver() needs a sender: pass sender=, or a message with a From header")
 
 
@@ -581,7 +589,7 @@ def _policy_domain(recipients: Sequence[str], next_hop: str | None) -> str:
         raise UsageError("recipients must be a non-empty sequence of addresses")
     domains: set[str] = set()
     for recipient in recipients:
-        local, at, domain = recipient.rpartition("@")
+        local, at, domain = _check_path("recipient", recipient).rpartition("@")
         if not at or not local:
             raise UsageError(f"not an address: {recipient!r}")
         if is_address_literal(domain):

@@ -15,6 +15,7 @@ from typing import ClassVar
 from .results import ResultType
 
 __all__ = [
+    "ControlError",
     "DomainError",
     "HostLookupError",
     "LocalError",
@@ -117,6 +118,11 @@ class LookupDeferredError(MTASTSError):
         super().__init__(message)
         self.domain = domain
         self.status = status
+
+
+class ControlError(MTASTSError):
+    """``mtasts cache`` could not use the daemon's control socket (nothing listening, no permission, a broken
+    reply), or the daemon answered the request with an error (docs/operations.md, "Cache control")."""
 
 
 class TlsRptRecordError(MTASTSError):

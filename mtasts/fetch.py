@@ -262,17 +262,17 @@ class ResponseReader:
                     raise BadHttpMessage(f"Too many headers received (more than {MAX_FIELDS} field lines)")
                 self._fields.append(_field(line))
                 continue
-            _minor, status = self._status_line  # the empty line: the head is complete
+            minor, status = self._status_line  # the empty line: the head is complete
             fields, self._status_line, self._fields = self._fields, None, []
             if 100 <= status < 200 and status != 101:  # RFC 9110 §15.2: skip interim responses
                 self._interim += 1
                 if self._interim > MAX_INTERIM:
                     raise BadHttpMessage(f"more than {MAX_INTERIM} interim (1xx) responses")
                 continue
-            return self._final(status, fields)
+            return self._final(minor, status, fields)
         return None
 
-    def _final(self, status: int, raw: list[tuple[bytes, bytes]]) -> ResponseHead:
+    def _final(self, minor: int, status: int, raw: list[tuple[bytes, bytes]]) -> ResponseHead:
         fields: dict[str, str] = {}
         for name, value in raw:
             key = name.decode("ascii")
@@ -283,6 +283,10 @@ class ResponseReader:
         coding = fields.get("transfer-encoding")
         content_length = fields.get("content-length")
         if coding is not None:
+            # RFC 9112 §6.1: "A server or client that receives an HTTP/1.0 message containing a Transfer-Encoding
+            # header field MUST treat the message as if the framing is faulty, even if a Content-Length is present".
+            if minor == 0:
+                raise BadHttpMessage("Transfer-Encoding in an HTTP/1.0 response (RFC 9112 §6.1: faulty framing)")
             # RFC 9112 §6.3 rule 3: both fields "ought to be handled as an error" (request smuggling, §11.2).
             if content_length is not None:
                 raise BadHttpMessage("both Transfer-Encoding and Content-Length (RFC 9112 §6.3)")

@@ -37,7 +37,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final
@@ -77,11 +77,13 @@ from .txt import explain_txt_records, is_policy_id, select_txt_record
 
 __all__ = [
     "NOT_CACHED",
+    "CacheState",
     "FetchFailure",
     "LookupStatus",
     "NotCached",
     "PolicyLookup",
     "PolicyResolver",
+    "PurgeResult",
 ]
 
 log = logging.getLogger("mtasts.resolver")
@@ -126,6 +128,38 @@ class FetchFailure:
     error: str
     cached_policy: Policy | None
     refresh: bool  # True when it happened during a proactive refresh
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    """What a resolver remembers of one domain (:meth:`PolicyResolver.cache_state`); times on the wall clock."""
+
+    domain: str
+    #: the cached policy (expired or not: an expired one is dropped at the domain's next lookup)
+    entry: CacheEntry | None = None
+    #: a remembered answer without a policy (no policy published, a DNS or fetch failure), and until when
+    negative: PolicyLookup | None = None
+    negative_until: float | None = None
+    #: the id whose fetch failed: not fetched again before ``backoff_until`` (§3.3), with the failure seen
+    backoff_id: str | None = None
+    backoff_result_type: str | None = None
+    backoff_error: str | None = None
+    backoff_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What :meth:`PolicyResolver.purge` forgot."""
+
+    domain: str
+    policy: bool = False  # a cached policy
+    negative: bool = False  # a remembered negative answer
+    backoff: bool = False  # a fetch back-off
+    #: "deleted" (the stored row is gone), "pending" (the store cannot be written now: the delete is retried,
+    #: and this process never reads the old row back meanwhile), or "none" (no store)
+    store: str = "none"
+    waited: int = 0  # lookups of the domain in flight that the purge waited for
+    unfinished: int = 0  # of those, still running when the wait ended (what they learn is kept)
 
 
 class NotCached(enum.Enum):
@@ -566,6 +600,91 @@ class PolicyResolver:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+    def cached_entries(self) -> Iterator[tuple[str, CacheEntry]]:
+        """Every cached policy as (domain, entry), expired or not, oldest fetch first; times on the wall clock.
+
+        A snapshot of the domains is taken first (one list of the keys), so the cache may change meanwhile: a
+        domain dropped since is skipped.
+        """
+        cache, offset = self._cache, self._steady.offset
+        for domain in list(cache.data):
+            entry = cache.get(domain)
+            if entry is None:
+                continue
+            if offset:
+                entry = CacheEntry(entry.policy, entry.policy_id, entry.expires_at - offset, entry.fresh_until - offset)
+            yield domain, entry
+
+    def cache_state(self, domain: str) -> CacheState | None:
+        """What is remembered of ``domain`` — its cached policy, a negative answer still in force, a fetch back-off
+        still running — or None when nothing is. Raises :class:`~mtasts.errors.DomainError` for a bad name."""
+        key = self._key(domain)
+        if key is None:
+            return None
+        now, to_wall = self._now(), self._steady.to_wall
+        entry = self.cache_entry(key)
+        remembered = self._negative.item(key)
+        negative = remembered if remembered is not None and now < remembered[0] else None
+        failure = self._failures.get(key)
+        if failure is not None and failure.retry_after <= now:
+            failure = None
+        if entry is None and negative is None and failure is None:
+            return None
+        return CacheState(
+            key,
+            entry,
+            negative[1] if negative is not None else None,
+            to_wall(negative[0]) if negative is not None else None,
+            failure.policy_id if failure is not None else None,
+            failure.result_type if failure is not None else None,
+            failure.error if failure is not None else None,
+            to_wall(failure.retry_after) if failure is not None else None,
+        )
+
+    async def purge(self, domain: str, *, wait: float = 60.0) -> PurgeResult:
+        """Forget ``domain``: its cached policy, a remembered negative answer, its fetch back-off and its stored
+        row, so that its next lookup queries the TXT record and fetches the policy afresh — the remedy for a
+        policy changed without a new id (RFC 8461 §3.1 says to change it; not everyone does).
+
+        Lookups of the domain already in flight are waited for first (up to ``wait`` seconds; callers waiting on
+        them get their answer), and what they learnt is forgotten with the rest. From the moment memory is
+        cleared, a lookup does the TXT query and the fetch: never an answer from the old state — the store's
+        row is not read back while its delete is pending (:class:`~mtasts.stores._link.StoreLink`). With nothing
+        cached, a failed fetch then means no policy, as for a domain met for the first time (§3.3).
+
+        Other processes sharing the store keep their memory copies until purged themselves.
+        """
+        key = self._key(domain)
+        if key is None:
+            raise UsageError(f"address literals have no MTA-STS policy: {domain!r}")
+        check_seconds("wait", wait)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        seen: set[asyncio.Future[PolicyLookup]] = set()
+        pending: list[asyncio.Future[PolicyLookup]] = []
+        for _ in range(3):  # one flight may be followed by another (a refresh after a lookup): bounded
+            pending = [f for (k, _kind), f in self._inflight.items() if k == key and not f.done()]
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                break
+            seen.update(pending)
+            await asyncio.wait(pending, timeout=remaining)
+        unfinished = sum(1 for future in pending if not future.done())
+        policy = self._cache.pop(key) is not None
+        negative = self._negative.item(key) is not None
+        self._negative.pop(key)
+        backoff = self._failures.pop(key, None) is not None
+        store = "none"
+        if self._store is not None:
+            store = "deleted" if await self._store.delete_now(key) else "pending"
+        log.info(
+            "purged %s from the cache (policy %s, negative answer %s, back-off %s, store %s)",
+            key,
+            *("dropped" if dropped else "none" for dropped in (policy, negative, backoff)),
+            store,
+        )
+        return PurgeResult(key, policy, negative, backoff, store, len(seen), unfinished)
 
     # -- internals ------------------------------------------------------------------------------------------------
 

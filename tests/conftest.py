@@ -46,13 +46,14 @@ class FakeClock:
         self.now += seconds
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]] | None:
-    """Every async test on asyncio's loop, or on uvloop with ``MTASTS_TEST_LOOP=uvloop`` (docs/testing.md)."""
-    if os.environ.get("MTASTS_TEST_LOOP", "asyncio") != "uvloop":
-        return None
-    import uvloop
+if os.environ.get("MTASTS_TEST_LOOP", "asyncio") == "uvloop":
+    # Every async test on uvloop (docs/testing.md); without the variable, pytest-asyncio's own loop. (The hook
+    # may not return "no opinion", so it exists only when asked for.)
 
-    return {"uvloop": uvloop.new_event_loop}
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
 
 
 # -- shared fixtures: the loopback world (DNS + HTTPS), its MX servers, an injected clock --------------------------

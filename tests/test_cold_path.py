@@ -297,6 +297,16 @@ def test_content_length_and_chunked_bodies_byte_by_byte(step: int | None) -> Non
     assert read_all(chunked, step=step)[2:] == (b"hello!", True)
 
 
+def test_transfer_encoding_in_an_http_1_0_response_is_faulty_framing() -> None:
+    """RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as faulty framing; HTTP/1.0 with
+    Content-Length stays fine."""
+    reader = ResponseReader()
+    reader.receive(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    with pytest.raises(BadHttpMessage, match=r"HTTP/1\.0"):
+        reader.head()
+    assert read_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")[2:] == (b"ok", True)
+
+
 def test_interim_responses_are_skipped_up_to_a_bound() -> None:
     interim = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + b"HTTP/1.1 100 Continue\r\n\r\n"
     assert read_all(interim + OK_HEAD + b"Content-Length: 2\r\n\r\nok")[::2] == (200, b"ok")

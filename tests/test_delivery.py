@@ -322,6 +322,29 @@ async def test_bytes_message_and_bad_arguments(world: World, mail: MailWorld, re
             await deliver(raw, recipients, resolver=resolver, sender=sender, port=mail.port)
 
 
+async def test_control_characters_in_an_address_are_a_usage_error(
+    world: World, mail: MailWorld, resolver: PolicyResolver
+) -> None:
+    """A CR or LF in a path would split the SMTP command: a UsageError (MTASTSError and ValueError) before any
+    connection, never aiosmtplib's bare ValueError from the middle of a session."""
+    from mtasts.errors import UsageError
+
+    publish(world, "enforce")
+    await mail.add_mx("mx1.example.com", "valid")
+    mail.set_mx(DOMAIN, (10, "mx1.example.com"))
+    raw = message().as_bytes()
+    cases = [
+        (["bob\r\nRCPT TO:<eve@evil.example>@example.com"], "a@s.example"),
+        (["bob@example.com"], "a@s.example\r\nRSET"),
+        (["bo\x00b@example.com"], "a@s.example"),
+    ]
+    for recipients, sender in cases:
+        with pytest.raises(UsageError, match="control characters"):
+            await deliver(raw, recipients, resolver=resolver, sender=sender, port=mail.port,
+                          tls_context=world.client_ssl_context())  # fmt: skip
+    assert not mail.inbox.messages
+
+
 async def test_a_lookup_that_cannot_answer_now_defers_without_contacting_any_mx(
     world: World, mail: MailWorld, clock: FakeClock
 ) -> None:

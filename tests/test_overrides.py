@@ -134,6 +134,17 @@ async def test_a_spelling_seen_before_is_looked_at_again_after_new_overrides(res
         assert await server.answer(b"postfix Enforce.Example") == b"OK encrypt"
 
 
+async def test_on_the_exim_map_only_policy_none_applies(resolver: PolicyResolver) -> None:
+    """``policy = "none"`` is "no policy" for Exim too; an ``answer`` is a Postfix reply, not Exim's."""
+    async with SocketmapServer(resolver, port=0) as server:
+        usual = await server.answer(b"exim other.example")
+        assert usual != b"OK encrypt"
+        server.set_overrides({"enforce.example": Override.no_policy(), "other.example": Override.fixed("OK encrypt")})
+        assert await server.answer(b"exim enforce.example") == b"NOTFOUND "
+        assert await server.answer(b"exim other.example") == usual
+        assert server.overrides_used == {"none": 1, "answer": 0}
+
+
 async def test_overrides_from_the_constructor_and_tlsrpt_on_every_name(resolver: PolicyResolver) -> None:
     overrides = {"Enforce.Example": Override.fixed("OK encrypt")}
     async with SocketmapServer(resolver, port=0, tlsrpt=True, overrides=overrides) as server:

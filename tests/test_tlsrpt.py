@@ -244,7 +244,7 @@ async def test_send_due_delivers_each_report_once_with_retries(world: World, tmp
     collector.script = [500, 503]  # fails twice, then accepts
     world.add_record("_smtp._tls.example.com", "TXT", f"v=TLSRPTv1; rua={collector.uri()}")
     clock = FakeClock(NOON)
-    rec = reporter(clock, store=SQLiteStore(tmp_path / "p.sqlite3"), send_delay=3600)
+    rec = reporter(clock, store=SQLiteStore(tmp_path / "p.sqlite3"), send_delay=3600, send_window=0)
     for _ in range(4):
         rec.record("example.com", policy=parse_policy(ENFORCE), mx_host="mx1.example.com")
     rec.record("nobody.example", policy=None)  # publishes no _smtp._tls record
@@ -367,7 +367,7 @@ async def test_send_due_outcomes_are_typed_and_send_due_gives_them_as_json_objec
     world.add_record("_smtp._tls.bad.example", "TXT", "v=TLSRPTv1; rua=mailto:nobody")  # no usable address
     world.set_failure("_smtp._tls.broken.example", "servfail")
     clock = FakeClock(NOON)
-    typed, plain = reporter(clock), reporter(clock)
+    typed, plain = reporter(clock, send_window=0), reporter(clock, send_window=0)  # due an hour after midnight
     for rec in (typed, plain):
         for domain in ("example.com", "bad.example", "broken.example", "nobody.example"):
             rec.record(domain, policy=None)

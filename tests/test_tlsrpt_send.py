@@ -174,6 +174,7 @@ def assert_report_message(message: bytes, report: Report, *, to: str, submitter:
     # headers (§5.3 MUST / SHOULD)
     assert msg["TLS-Report-Domain"] == "example.com"
     assert msg["TLS-Report-Submitter"] == submitter
+    assert msg["TLS-Required"] == "No"  # RFC 8689: relays, too, deliver it despite MTA-STS / DANE failures
     assert msg["Subject"] == (
         f"Report Domain: example.com Submitter: {submitter} Report-ID: <{report.report_id}@{submitter}>"
     )

@@ -27,7 +27,9 @@ Layers, each a module of this package:
 - :mod:`~mtasts.socketmap.reload` — sans-I/O: what a SIGHUP may change live (:func:`~.reload.plan_reload`);
 - :mod:`~mtasts.socketmap.systemd` — sd_notify (``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``), socket activation;
 - :mod:`~mtasts.socketmap.privileges` — ``--user``/``--group``: dropping root after binding;
-- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, reload, shutdown.
+- :mod:`~mtasts.socketmap.daemon` — :func:`serve`: the descriptor limit, the store, signals, reload, shutdown;
+- :mod:`~mtasts.socketmap.exim_answers` (sans-I/O) and :mod:`~mtasts.socketmap.exim` — the ``exim`` map that Exim's
+  ``${readsocket}`` asks: the MX hosts an enforce policy allows (docs/exim.md).
 
 The command line (``mtasts serve-socketmap``) is :mod:`mtasts.cli`'s.
 """

@@ -75,6 +75,9 @@ class ServerConfig:
     tlsrpt: bool = False  # Postfix >= 3.10's TLS-RPT attributes on every map name, not only QUERYwithTLSRPT
     dane: bool = True  # DANE first: enforce domains whose MX hosts have validated TLSA records get "OK dane-only"
     event_loop: str = "asyncio"  # asyncio | uvloop (the fast extra: ~5-10 % less CPU per cold lookup)
+    # cache control (mtasts cache ... --control PATH, docs/operations.md): a Unix socket, and its permissions
+    control_socket: str | None = None
+    control_mode: int = 0o600  # whoever can open the socket can list, purge and warm: never others
     # normalised domain -> the operator's answer for it, instead of discovery (TOML [overrides."example.com"])
     overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
     user: str | None = None  # run as this user after binding (the daemon must start as root): --user
@@ -105,6 +108,13 @@ class ServerConfig:
             raise UsageError(f"policy_port must be 1 to 65535, not {self.policy_port}")
         if self.unix_mode is not None and not 0 <= self.unix_mode <= 0o7777:
             raise UsageError(f"unix_mode must be a permission mode such as 0o660, not {self.unix_mode!r}")
+        if not 0 <= self.control_mode <= 0o777 or self.control_mode & 0o007:
+            raise UsageError(
+                f"control_mode must be a permission mode without access for others, such as 0o600 or 0o660, "
+                f"not {oct(self.control_mode)}"
+            )
+        if self.control_socket is not None and not self.control_socket:
+            raise UsageError("control_socket must be a path")
         if self.event_loop not in EVENT_LOOPS:
             raise UsageError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -157,11 +167,15 @@ _FIELD_TYPES: dict[str, type] = {
     "tlsrpt": bool,
     "dane": bool,
     "event_loop": str,
+    "control_socket": str,
+    "control_mode": int,
     "overrides": dict,
     "user": str,
     "group": str,
 }
-_OPTIONAL = frozenset({"unix_path", "unix_mode", "nameserver", "cafile", "max_connections", "user", "group"})
+_OPTIONAL = frozenset(
+    {"unix_path", "unix_mode", "nameserver", "cafile", "max_connections", "control_socket", "user", "group"}
+)
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
 #: TOML keys that are not field names.
 _TOML_ALIASES = {"listen": None, "unix": "unix_path"}

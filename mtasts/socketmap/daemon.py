@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
@@ -26,6 +26,9 @@ from .privileges import drop_privileges, resolve_identity
 from .reload import ReloadPlan, plan_reload
 from .server import SocketmapServer
 from .systemd import Notifier, activated_socket, watchdog_interval
+
+if TYPE_CHECKING:
+    from ..control.server import ControlServer
 
 __all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
@@ -153,12 +156,14 @@ async def serve(
             await server.bind()
         except OSError as exc:
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        control: ControlServer | None = None
         try:
             if identity is not None and not drop_privileges(identity):
                 log.info("already running as user %s: --user changes nothing", identity.user)
             await resolver.start()
             if config.refresh_period > 0:
                 resolver.start_background_refresh(config.refresh_period)
+            control = await _start_control(config, server)  # after the drop: its socket is the user's
             await server.start()
             with _signals(running.reload) as signalled:
                 log.info(
@@ -179,7 +184,7 @@ async def serve(
                     ready(server)
                 interval = watchdog_interval(environ, os.getpid())
                 with _watchdog(notifier, interval):
-                    await _wait_for_stop(signalled, stop)
+                    await _until(signalled, stop)
         finally:
             notifier.stopping()
             log.info(
@@ -189,6 +194,8 @@ async def serve(
                 server.evicted,
                 server.rejected,
             )
+            if control is not None:
+                await control.aclose()
             await server.aclose(running.config.shutdown_grace)
     finally:
         notifier.close()
@@ -302,16 +309,35 @@ def _watchdog(notifier: Notifier, interval: float | None) -> Iterator[None]:
             handle.cancel()
 
 
+async def _start_control(config: ServerConfig, server: SocketmapServer) -> ControlServer | None:
+    """The control socket (``control_socket``), serving ``mtasts cache ... --control PATH``; None without one.
+
+    A purge through it goes through :meth:`SocketmapServer.purge`, which also forgets the server's memos.
+    """
+    if config.control_socket is None:
+        return None
+    from ..control.server import ControlServer  # noqa: PLC0415 - only with a control socket
+
+    control = ControlServer(server.resolver, path=config.control_socket, mode=config.control_mode, purge=server.purge)
+    try:
+        await control.start()
+    except BaseException:
+        await server.aclose(0)
+        raise
+    log.info("control socket %s (mode %s): mtasts cache ... --control PATH", control.path, oct(control.mode))
+    return control
+
+
 def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:
     """DANE's lookups through the resolver's DNS servers, within the DNS share of the descriptor plan."""
     return DaneResolver(resolver.dns_resolver, limit=max(1, plan.max_concurrent_dns // 4), wait=queue_timeout)
 
 
 @contextlib.contextmanager
-def _signals(reload: Callable[[], None]) -> Iterator[asyncio.Event]:
-    """While in the block: SIGTERM and SIGINT set the event yielded, SIGHUP calls ``reload`` (on the event loop,
-    between two callbacks). Installed before the daemon says it listens, so that no signal sent after that
-    finds the default action (which, for SIGHUP, ends the process)."""
+def _signals(reload: Callable[[], None] | None = None) -> Iterator[asyncio.Event]:
+    """While in the block: SIGTERM and SIGINT set the event yielded, SIGHUP calls ``reload`` if given (on the
+    event loop, between two callbacks). The socketmap installs them before it says it listens, so that no
+    signal sent after that finds the default action (which, for SIGHUP, ends the process)."""
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -322,13 +348,15 @@ def _signals(reload: Callable[[], None]) -> Iterator[asyncio.Event]:
 
     def on_hangup() -> None:
         log.info("received SIGHUP: reloading the configuration")
+        assert reload is not None
         reload()
 
     handlers: list[tuple[signal.Signals, Callable[..., None], tuple[signal.Signals, ...]]] = [
         (signal.SIGTERM, on_signal, (signal.SIGTERM,)),
         (signal.SIGINT, on_signal, (signal.SIGINT,)),
-        (signal.SIGHUP, on_hangup, ()),
     ]
+    if reload is not None:
+        handlers.append((signal.SIGHUP, on_hangup, ()))
     for signum, handler, args in handlers:
         try:
             loop.add_signal_handler(signum, handler, *args)
@@ -342,8 +370,14 @@ def _signals(reload: Callable[[], None]) -> Iterator[asyncio.Event]:
             loop.remove_signal_handler(signum)
 
 
-async def _wait_for_stop(signalled: asyncio.Event, stop: asyncio.Event | None) -> None:
-    """Until ``signalled`` (SIGTERM, SIGINT) or ``stop`` is set."""
+async def _wait_for_stop(stop: asyncio.Event | None) -> None:
+    """Until SIGTERM, SIGINT or ``stop`` (``mtasts serve-http``'s wait: its signals only while it waits)."""
+    with _signals() as signalled:
+        await _until(signalled, stop)
+
+
+async def _until(signalled: asyncio.Event, stop: asyncio.Event | None) -> None:
+    """Until ``signalled`` (SIGTERM, SIGINT: see :func:`_signals`) or ``stop`` is set."""
     waiters = [asyncio.ensure_future(signalled.wait())]
     if stop is not None:
         waiters.append(asyncio.ensure_future(stop.wait()))

@@ -34,7 +34,7 @@ from ..errors import DomainError, LocalError, MTASTSError, MXPermanentFailure, M
 from ..netstring import NetstringDecoder, NetstringError
 from ..options import format_host_port
 from ..policy import Mode, Policy
-from ..resolver import NOT_CACHED, LookupStatus, NotCached, PolicyResolver
+from ..resolver import NOT_CACHED, LookupStatus, NotCached, PolicyResolver, PurgeResult
 from .answers import (
     DANE_ONLY_NETSTRING,
     NOTFOUND_NETSTRING,
@@ -49,6 +49,8 @@ from .answers import (
     policy_reply,
     tlsrpt_reply,
 )
+from .exim import EximLookup, EximMap, Outcome, exim_request
+from .exim_answers import EXIM_MAP_NAME
 from .overrides import OVERRIDE_KINDS, Override, check_overrides
 
 __all__ = ["SocketmapServer"]
@@ -296,6 +298,8 @@ class SocketmapServer:
     _tlsrpt_every_name = False
     #: DANE first (dane=True): None, the class default, answers as MTA-STS alone.
     _dane: _Dane | None = None
+    #: The ``exim`` map (docs/exim.md), made at its first request.
+    _exim: EximMap | None = None
     #: The overrides, once any were set (set_overrides): None, the class default, has none and never had.
     _overrides: _Overrides | None = None
 
@@ -516,6 +520,36 @@ class SocketmapServer:
             return dict.fromkeys(OVERRIDE_KINDS, 0)
         return dict(self._overrides.used)
 
+    # -- cache control (mtasts cache purge, through mtasts.control) -------------------------------------------------
+
+    async def purge(self, domain: str, *, wait: float = 60.0) -> PurgeResult:
+        """:meth:`PolicyResolver.purge` ``domain``, and forget what this server remembers of it: its DANE state and
+        the replies memoised for it — so the next request for it is answered from a fresh TXT query and fetch
+        (and a fresh DANE lookup), never from a memo. A DANE lookup of the domain in flight is waited for (up
+        to ``wait`` seconds) and its outcome forgotten too. Requests meanwhile get the fresh lookup's answer,
+        or ``TEMP`` after ``request_timeout`` (never ``NOTFOUND`` because memory was emptied)."""
+        key = normalize_domain(domain)
+        dane = self._dane
+        in_flight = dane.inflight.get(key) if dane is not None else None
+        self._forget(key)
+        result = await self.resolver.purge(key, wait=wait)
+        if in_flight is not None:
+            await asyncio.wait([in_flight], timeout=wait)
+            self._forget(key)
+        return result
+
+    def _forget(self, key: str) -> None:
+        """Drop the memos held for the normalised domain ``key`` (those keyed by the domain as asked included)."""
+        dane = self._dane
+        if dane is not None:
+            dane.states.pop(key, None)
+            for memo in (dane.replies, dane.tlsrpt_replies):
+                for asked in [asked for asked in memo if _names(asked, key)]:
+                    del memo[asked]
+        replies = self._replies
+        for memo_key in [k for k in replies if isinstance(k, tuple) and _names(k[0], key)]:
+            del replies[memo_key]
+
     # -- the connection bounds ---------------------------------------------------------------------------------------
 
     def _make_room(self) -> bool:
@@ -635,6 +669,8 @@ class SocketmapServer:
         name, space, raw_key = payload.partition(b" ")
         if not space or not name:
             return PERM_REQUEST_NETSTRING
+        if name == EXIM_MAP_NAME:  # Exim's ${readsocket}: the MX hosts an enforce policy allows (docs/exim.md)
+            return exim_request(self._cached_policy, raw_key)
         tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
         try:
             key = raw_key.decode()
@@ -657,18 +693,21 @@ class SocketmapServer:
 
     async def _slow(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now); an
-        overridden domain's reply, without one."""
+        overridden domain's reply, without one (on the ``exim`` map only ``policy = "none"`` applies: an answer is
+        Postfix's)."""
         overrides = self._overrides
         if overrides is not None:
             try:
                 override = overrides.find(domain)
-                if override is not None:
+                if override is not None and (override.kind == "none" or type(domain) is not EximLookup):
                     overrides.note(domain, override)
                     return override.netstring
             except Exception:
                 self.errors += 1
                 log.exception("answering the override for %s failed", domain)
                 return TEMP_INTERNAL_NETSTRING
+        if type(domain) is EximLookup:
+            return await self._exim_answer(domain)
         try:
             async with asyncio.timeout(self.request_timeout):
                 lookup = await self.resolver.lookup(domain)
@@ -714,6 +753,17 @@ class SocketmapServer:
             answer = self._replies.get(policy) or self._remember(policy, domain)
         assert isinstance(answer, bytes)  # a domain to look up comes back only for DANE, handled above
         return answer
+
+    async def _exim_answer(self, domain: EximLookup) -> bytes:
+        """The ``exim`` map's reply for ``domain`` (:class:`~mtasts.socketmap.exim.EximMap`), counted."""
+        exim = self._exim
+        if exim is None:
+            exim = self._exim = EximMap(self.resolver)
+        answer = await exim.answer(domain, timeout=self.request_timeout)  # never raises: TEMP for any failure
+        self.timeouts += answer.outcome is Outcome.TIMEOUT
+        self.deferred += answer.outcome is Outcome.DEFERRED
+        self.errors += answer.outcome is Outcome.ERROR
+        return answer.netstring
 
     def _remember(self, policy: Policy, domain: str) -> bytes | str:
         """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
@@ -806,6 +856,18 @@ class _DaneDeferred(Exception):
     def __init__(self, reply: bytes, why: str) -> None:
         super().__init__(why)
         self.reply, self.why = reply, why
+
+
+def _names(asked: str, key: str) -> bool:
+    """Whether the domain ``asked`` (as a request named it) is the normalised domain ``key``."""
+    if asked == key:
+        return True
+    if asked.isascii():
+        return asked.lower().removesuffix(".") == key
+    try:
+        return normalize_domain(asked) == key
+    except DomainError:
+        return False
 
 
 def _settle(dane: _Dane, domain: str, done: asyncio.Future[bytes | None]) -> None:

@@ -48,6 +48,7 @@ class StoreLink:
         self._batch_delay = batch_delay
         self._monotonic = monotonic  # outage timing only (not a cache decision)
         self._pending: dict[str, StoredPolicy | None] = {}  # domain -> row to put, or None to delete
+        self._writing: list[dict[str, StoredPolicy | None]] = []  # the batches being written now, oldest first
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         # monotonic time until which reads / writes are not tried (None: not down)
@@ -96,6 +97,8 @@ class StoreLink:
 
         Raises :class:`StoreUnavailable` when the store could not be asked (down, or the read failed).
         """
+        if self._deleting(domain):
+            return None  # this process deleted the row (a purge, an expiry): never read the old one back
         if not self.readable:
             raise StoreUnavailable("the policy store is down")
         try:
@@ -115,6 +118,17 @@ class StoreLink:
             raise StoreUnavailable(f"the policy store read failed ({type(exc).__name__})") from None
         self._succeeded("read")
         return None if row is None else self._valid(row)
+
+    def _deleting(self, domain: str) -> bool:
+        """True while this process's newest write for ``domain`` is a delete not yet stored (pending, or in the
+        batch being written): reads then see the delete, not the row it removes (read your own deletes)."""
+        pending = self._pending
+        if domain in pending:
+            return pending[domain] is None
+        for batch in reversed(self._writing):
+            if domain in batch:
+                return batch[domain] is None
+        return False
 
     def _valid(self, row: StoredPolicy) -> StoredPolicy | None:
         try:
@@ -154,6 +168,30 @@ class StoreLink:
         self._pending[domain] = None
         self._kick()
 
+    async def delete_now(self, domain: str) -> bool:
+        """Delete ``domain``'s row at once (a purge), not in the next batch: True once written. If the store
+        cannot be written, the delete stays pending (retried with the other writes) and False is returned;
+        either way this process never reads the old row back (:meth:`get`)."""
+        self._pending.pop(domain, None)  # (a put queued earlier is superseded by the delete)
+        batch: dict[str, StoredPolicy | None] = {domain: None}
+        if not self.writable:
+            self.delete(domain)
+            return False
+        self._writing.append(batch)
+        try:
+            await self.store.write([], [domain])
+        except Exception as exc:
+            self._pending.setdefault(domain, None)  # unless something newer came meanwhile
+            self._kick()
+            if not isinstance(exc, LocalError):
+                self._failed("write", "write", exc)
+            return False
+        finally:
+            self._writing.remove(batch)
+        self.written += 1
+        self._succeeded("write")
+        return True
+
     def _kick(self) -> None:
         self._wake.set()
         if self._writer is None or self._writer.done():
@@ -168,6 +206,7 @@ class StoreLink:
         batch, self._pending = self._pending, {}
         puts = [row for row in batch.values() if row is not None]
         deletes = [domain for domain, row in batch.items() if row is None]
+        self._writing.append(batch)
         try:
             await self.store.write(puts, deletes)
         except Exception as exc:
@@ -176,6 +215,8 @@ class StoreLink:
             if not isinstance(exc, LocalError):  # our own limit is no outage: the next write retries
                 self._failed("write", "write", exc)
             return False
+        finally:
+            self._writing.remove(batch)
         self.written += len(batch)
         self._succeeded("write")
         return not self._pending

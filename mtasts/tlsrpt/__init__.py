@@ -6,6 +6,8 @@ See docs/tlsrpt.md. One module per concept, the pure ones first:
 * :mod:`~mtasts.tlsrpt.report` — the §4.4 JSON report, its §5.1 file name and §5.2 gzip;
 * :mod:`~mtasts.tlsrpt.message` — the §5.3 ``multipart/report`` mail message and its headers;
 * :mod:`~mtasts.tlsrpt.retry` — the §5.5 retry schedule;
+* :mod:`~mtasts.tlsrpt.schedule` — the §4.1 randomised send time of a day's reports;
+* :mod:`~mtasts.tlsrpt.exclude` — what is never recorded: the delivery of a report itself (§3);
 * :mod:`~mtasts.tlsrpt.recorder` — counting sessions (§4) and sending what is due, persisted in a store;
 * :mod:`~mtasts.tlsrpt.transport` — rua discovery (§3), HTTPS (§5.4) and mail (§5.3) delivery.
 
@@ -19,10 +21,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from .exclude import is_report_message
 from .record import TlsRptRecord, TlsRptRecordError, parse_tlsrpt_record, select_tlsrpt_record
 from .recorder import FailureKey, PolicyKey, ReportOutcome, ReportStatus, TLSReporter
 from .report import Report, build_report
 from .retry import RetryPolicy
+from .schedule import SendSchedule
 
 if TYPE_CHECKING:
     from .message import MEDIA_TYPE, build_message
@@ -66,12 +70,14 @@ __all__ = [
     "RuaStatus",
     "SendAttempt",
     "SendResult",
+    "SendSchedule",
     "TLSReporter",
     "TlsRptRecord",
     "TlsRptRecordError",
     "build_message",
     "build_report",
     "discover_rua",
+    "is_report_message",
     "parse_tlsrpt_record",
     "select_tlsrpt_record",
 ]

@@ -11,6 +11,12 @@ Bytes in, bytes out, no I/O: the transport (:mod:`mtasts.tlsrpt.transport`) sign
   (MUST); the submitter MUST match the domain of the report's ``contact-info`` (:func:`sender_identity` checks
   it before anything is built); the ``Subject`` is §5.3's ``Report Domain: <d> Submitter: <s> Report-ID: <id>``
   — its ABNF asks for an RFC 5322 msg-id, so a report-id without ``@`` gets ``@<submitter>`` appended.
+* **TLS-Required: No** (RFC 8689; its abstract: the field requests "that recipient-side policy mechanisms such as
+  MTA-STS and [DANE] be ignored when relaying a message for which security is unimportant"): RFC 8460 §3 (MUST
+  deliver reports "despite any TLS-related failures") and §5.3 (MUST NOT honor MTA-STS or DANE TLSA failures),
+  carried to every MTA that relays the report — e.g. the local MTA a ``mailer=`` hands it to. RFC 8460 itself
+  names no header for this (docs/decisions.md). A report is told by its ``TLS-Report-Domain`` header
+  (:func:`mtasts.tlsrpt.exclude.is_report_message`), so its delivery is never recorded.
 * **The addresses**: a ``mailto:`` rua URI (§3) is percent-decoded (RFC 6068) and its ``?header=...`` part
   ignored; an address that is not a plain RFC 5322 ``dot-atom@domain`` is refused, so no decoded byte can reach
   a header unsafely (no header injection). Domains become A-labels.
@@ -124,6 +130,7 @@ def build_message(report: Report, submitter: str, from_address: str, recipients:
         )
         message["TLS-Report-Domain"] = policy_domain
         message["TLS-Report-Submitter"] = submitter
+        message["TLS-Required"] = "No"  # RFC 8689: relays too ignore MTA-STS / DANE failures
         message["MIME-Version"] = "1.0"
         message["Content-Type"] = 'multipart/report; report-type="tlsrpt"'
         human = MIMEPart(policy=_MAIL_POLICY)

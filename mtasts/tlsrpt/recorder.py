@@ -15,7 +15,18 @@ Counting rules (docs/decisions.md):
 * a failed policy fetch is counted once per fetch attempt, as a failure with its result type
   (``sts-policy-fetch-error``, ``sts-webpki-invalid``, ``sts-policy-invalid``) under the cached policy, or under
   ``no-policy-found`` when nothing was cached — with no MX or IP fields, which are then left out;
-* report deliveries themselves are never recorded (RFC 8460 §3 SHOULD NOT).
+* report deliveries themselves are never recorded (RFC 8460 §3 SHOULD NOT): :meth:`TLSReporter.record` counts
+  nothing while a report is being sent (:mod:`~mtasts.tlsrpt.exclude`), and :meth:`TLSReporter.reporter_for`
+  gives no ``deliver()`` hook for a report message queued to be sent later;
+* the Policy Domain of a DANE session is the MX host — the TLSA base domain (RFC 8460 §1.1) — so every recipient
+  domain whose mail goes to one DANE MX host adds to that host's one report; an MTA-STS session's is the
+  recipient domain, or the smart host's domain when mail is relayed through one (§1.1), so the recipient
+  domains behind one smart host share its one report.
+
+Reports are sent at a randomised time after their UTC day ends (§4.1): :class:`~mtasts.tlsrpt.schedule.SendSchedule`
+(``send_delay`` + an offset in ``[0, send_window)``, stable per sender, day and domain); :meth:`TLSReporter.send_due`
+sends nothing before it (``force=True`` does), :meth:`TLSReporter.next_send_time` says when something is next due
+and :meth:`TLSReporter.send_loop` keeps sending as reports fall due.
 
 A counter's key names the §4.4 fields it stands for: :class:`PolicyKey` (the ``policy`` object) and
 :class:`FailureKey` (a ``failure-details`` entry without its count). :meth:`TLSReporter.send_due_outcomes` says
@@ -28,21 +39,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import email.message
 import enum
 import functools
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._checks import check_seconds
 from ..domain import normalize_domain
 from ..errors import UsageError
 from ..policy import Mode, Policy
+from .exclude import in_report_delivery, is_report_message, report_delivery
 from .report import DETAIL_FIELDS, Report, build_report
 from .retry import RetryPolicy
+from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule, day_number
 
 if TYPE_CHECKING:
     from ..delivery import Attempt
@@ -171,10 +186,6 @@ def _ip(text: str | None) -> str | None:
         return None
 
 
-def day_number(day: datetime.date) -> int:
-    return (day - _EPOCH).days
-
-
 def day_of(number: int) -> datetime.date:
     return _EPOCH + datetime.timedelta(days=number)
 
@@ -221,6 +232,9 @@ class TLSReporter:
     ``organization_name`` and ``contact_info`` (an email address; its domain is the report's submitter, §5.3)
     go into every report. ``store``: one of :mod:`mtasts.stores` (anything with the ReportStore methods) — the
     counts survive restarts; None keeps them in memory. ``clock``: the time source (tests inject one).
+    ``send_delay`` and ``send_window``: a day's report for a domain is due ``send_delay`` + an offset in
+    ``[0, send_window)`` seconds after the day ends (:attr:`schedule`, §4.1; the offset is derived from
+    ``contact_info``, the day and the domain, so every process of one sender computes the same time).
     """
 
     def __init__(
@@ -231,8 +245,9 @@ class TLSReporter:
         store: PolicyStore | None = None,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 10.0,
-        send_delay: float = 3600.0,
+        send_delay: float = DEFAULT_SEND_DELAY,
         max_counters: int = 1_000_000,
+        send_window: float = DEFAULT_SEND_WINDOW,
     ) -> None:
         local, at, domain = contact_info.rpartition("@")
         if not at or not local:
@@ -243,7 +258,7 @@ class TLSReporter:
         self._store: Any = store
         self._clock = clock
         self._flush_interval = flush_interval
-        self._send_delay = send_delay
+        self.schedule = SendSchedule(send_delay, send_window, seed=contact_info)
         self._max_counters = max_counters
         self._counts: dict[CountKey, int] = {}  # everything known: restored + recorded
         self._pending: dict[CountKey, int] = {}  # recorded since the last flush
@@ -269,7 +284,13 @@ class TLSReporter:
         receiving_mx_helo: str | None = None,
         additional_information: str | None = None,
     ) -> None:
-        """Count one SMTP session to ``mx_host`` for ``policy_domain`` (``result_type`` None: TLS succeeded)."""
+        """Count one SMTP session to ``mx_host`` for ``policy_domain`` (``result_type`` None: TLS succeeded).
+
+        Nothing is counted while a report is being delivered (:func:`~mtasts.tlsrpt.exclude.in_report_delivery`,
+        RFC 8460 §3).
+        """
+        if in_report_delivery():
+            return
         policy_key = self._policy_keys.get((policy_domain, policy, dane))
         if policy_key is None:
             policy_key = self._new_policy_key(policy_domain, policy, dane)
@@ -329,13 +350,15 @@ class TLSReporter:
 
         An MX skipped without a connection (enforce, pattern mismatch) is a failed session under the policy
         (``validation-failure``, ``mx-not-in-sts-policy``); an MX that could not be reached at all is not a TLS
-        session and is not counted (RFC 8460 §4.3.4: transient network errors need not be reported).
+        session and is not counted (RFC 8460 §4.3.4: transient network errors need not be reported). Where DANE
+        applied, the session counts for the MX host, the TLSA base domain (§1.1: the Policy Domain "for DANE"),
+        not for the recipient domain.
         """
         if attempt.receiving_ip is None and not attempt.skipped:
             return
         verdict = attempt.verdict
         self.record(
-            attempt.policy_domain,
+            attempt.mx if attempt.dane else attempt.policy_domain,
             policy=verdict.policy if verdict is not None else None,
             mx_host=attempt.mx,
             result_type=attempt.result_type if not attempt.dane else attempt.tls_failure,
@@ -344,6 +367,12 @@ class TLSReporter:
             dane=attempt.dane,
             failure_reason_code=attempt.failure_reason_code,
         )
+
+    def reporter_for(self, message: bytes | email.message.Message) -> Callable[[Attempt], None] | None:
+        """The ``reporter=`` for delivering ``message``: :meth:`record_attempt`, or None for a TLS-RPT report
+        (:func:`~mtasts.tlsrpt.exclude.is_report_message`) — a report queued by a ``mailer`` and delivered later
+        is never counted in a report (§3 SHOULD NOT)."""
+        return None if is_report_message(message) else self.record_attempt
 
     def record_fetch_failure(self, failure: FetchFailure) -> None:
         """The resolver's ``on_fetch_failure=`` hook: one failed policy fetch (RFC 8461 §6 reportable event)."""
@@ -471,18 +500,31 @@ class TLSReporter:
     # -- delivery ------------------------------------------------------------------------------------------------
 
     async def send_due(
-        self, resolver: PolicyResolver, *, sender: ReportSender | None = None, retry: RetryPolicy | None = None
+        self,
+        resolver: PolicyResolver,
+        *,
+        sender: ReportSender | None = None,
+        retry: RetryPolicy | None = None,
+        force: bool = False,
     ) -> list[dict[str, Any]]:
         """:meth:`send_due_outcomes`, each outcome as the JSON object ``mtasts tlsrpt send`` prints
         (:meth:`ReportOutcome.as_dict`: ``domain``, ``day``, ``status``, ...)."""
-        return [outcome.as_dict() for outcome in await self.send_due_outcomes(resolver, sender=sender, retry=retry)]
+        outcomes = await self.send_due_outcomes(resolver, sender=sender, retry=retry, force=force)
+        return [outcome.as_dict() for outcome in outcomes]
 
     async def send_due_outcomes(
-        self, resolver: PolicyResolver, *, sender: ReportSender | None = None, retry: RetryPolicy | None = None
+        self,
+        resolver: PolicyResolver,
+        *,
+        sender: ReportSender | None = None,
+        retry: RetryPolicy | None = None,
+        force: bool = False,
     ) -> list[ReportOutcome]:
-        """Deliver every report that is due: each complete UTC day, ``send_delay`` after its end (§4.1 "after some
-        delay"), to the ``rua`` of the domain's ``_smtp._tls`` record (§3), retrying with exponential back-off for up
-        to 24 hours (§5.5, ``retry``). Returns one :class:`ReportOutcome` per report considered.
+        """Deliver every report that is due: each complete UTC day, at its randomised send time (:attr:`schedule`,
+        §4.1 "after some delay"), one report per Policy Domain, to the ``rua`` of the domain's ``_smtp._tls``
+        record (§3), retrying with exponential back-off for up to 24 hours (§5.5, ``retry``). ``force``: do not
+        wait for the send time (a complete day only; a retry's back-off still applies). Returns one
+        :class:`ReportOutcome` per report considered.
         """
         from .transport import ReportSender, discover_rua  # noqa: PLC0415 - needs aiohttp (and aiosmtplib for mail)
 
@@ -491,16 +533,9 @@ class TLSReporter:
         retry = retry or RetryPolicy()
         now = self._clock()
         today = int(now // 86400)
-        await self.flush()
-        keys = await self._store.session_counts() if self._store is not None else None
-        pairs = (
-            {(day, policy.domain) for day, policy, _ in self._counts}
-            if keys is None
-            else {(day, domain) for day, domain, _, _ in keys}
-        )
         outcomes = []
-        for day, domain in sorted(pairs):
-            if day >= today or now < (day + 1) * 86400 + self._send_delay:
+        for day, domain in await self._pending_reports():
+            if day >= today or (not force and now < self.schedule.due_at(day, domain)):
                 continue
             progress = _Progress.from_state(await self._load_state(day, domain))
             if progress.done or now < progress.next:
@@ -508,6 +543,65 @@ class TLSReporter:
             found = await discover_rua(resolver.dns_resolver, domain)
             outcomes.append(await self._send_one(day, domain, progress, now, found, sender, retry))
         return outcomes
+
+    async def _pending_reports(self) -> list[tuple[int, str]]:
+        """(day number, Policy Domain) of every report with counts (after flushing ours), in order."""
+        await self.flush()
+        keys = await self._store.session_counts() if self._store is not None else None
+        pairs = (
+            {(day, policy.domain) for day, policy, _ in self._counts}
+            if keys is None
+            else {(day, domain) for day, domain, _, _ in keys}
+        )
+        return sorted(pairs)
+
+    async def next_send_time(self) -> float | None:
+        """When :meth:`send_due_outcomes` next has a report to try (epoch seconds; possibly already past): the
+        earliest send time (:attr:`schedule`) or retry time (§5.5) of a report not done yet. None: nothing
+        recorded is waiting (sessions recorded later make a new report, due after their day)."""
+        earliest: float | None = None
+        for day, domain in await self._pending_reports():
+            progress = _Progress.from_state(await self._load_state(day, domain))
+            if progress.done:
+                continue
+            at = max(self.schedule.due_at(day, domain), progress.next)
+            earliest = at if earliest is None else min(earliest, at)
+        return earliest
+
+    async def send_loop(
+        self,
+        resolver: PolicyResolver,
+        *,
+        sender: ReportSender | None = None,
+        retry: RetryPolicy | None = None,
+        on_outcome: Callable[[ReportOutcome], object] | None = None,
+        max_sleep: float = 900.0,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rounds: int | None = None,
+    ) -> None:
+        """Send reports as they fall due, until cancelled (or after ``rounds`` rounds): each round sends what is due
+        (:meth:`send_due_outcomes`, each outcome to ``on_outcome``), then sleeps until :meth:`next_send_time` —
+        at least a second, at most ``max_sleep`` seconds, so sessions recorded meanwhile (by other processes too)
+        are seen. A round that fails (a store outage, a bug) is logged and tried again after ``max_sleep``; the
+        loop itself never ends on an error. ``sleep`` (and the reporter's ``clock``) are injected by tests.
+        """
+        check_seconds("max_sleep", max_sleep, positive=True)
+        done = 0
+        while rounds is None or done < rounds:
+            done += 1
+            try:
+                for outcome in await self.send_due_outcomes(resolver, sender=sender, retry=retry):
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+                upcoming = await self.next_send_time()
+            except Exception as exc:  # the loop outlives any one round: log, wait, try again
+                log.warning("TLS-RPT: sending reports failed (%s: %s); trying again in %g s",
+                            type(exc).__name__, exc, max_sleep)  # fmt: skip
+                wait = max_sleep
+            else:
+                wait = max_sleep if upcoming is None else min(max(upcoming - self._clock(), 1.0), max_sleep)
+            if rounds is None or done < rounds:
+                await sleep(wait)
 
     async def _send_one(  # noqa: PLR0917 - one report's whole context
         self,
@@ -530,7 +624,8 @@ class TLSReporter:
             if not reports:
                 await self._finish(day, domain, ReportStatus.EMPTY)
                 return ReportOutcome(domain, date, ReportStatus.EMPTY)
-            result = await sender.send(reports[0], found.record.rua)
+            with report_delivery():  # whatever sender is given: its deliveries are never counted (§3)
+                result = await sender.send(reports[0], found.record.rua)
             if result.delivered:
                 await self._finish(day, domain, ReportStatus.DELIVERED, to=result.uri)
                 return ReportOutcome(domain, date, ReportStatus.DELIVERED, to=result.uri)

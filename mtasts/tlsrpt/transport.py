@@ -20,9 +20,11 @@ is :mod:`mtasts.tlsrpt.retry`'s (§5.5).
   same dnspython resolver as everything else (one resolver defines the world).
 * **Mail** (§3, §5.3): the :mod:`~mtasts.tlsrpt.message` is sent by :func:`mtasts.delivery.deliver` with
   ``mta_sts=False`` (§5.3 "MUST NOT honor MTA-STS or DANE TLSA failures"; opportunistic TLS, plaintext as a last
-  resort) and without a delivery reporter, so the session is not counted in the next report (§3 SHOULD NOT) — or
-  handed to the caller's own MTA (``mailer``). SMTP errors are mapped inside :func:`~mtasts.delivery.deliver`
-  (:mod:`mtasts._smtp`), which never raises for what happens on the network.
+  resort) and without a delivery reporter — or handed to the caller's own MTA (``mailer``). The message carries
+  ``TLS-Required: No`` (RFC 8689) for the MTAs that relay it. Either way the session is not counted in the next
+  report (§3 SHOULD NOT): :meth:`ReportSender.send` runs inside :func:`~mtasts.tlsrpt.exclude.report_delivery`.
+  SMTP errors are mapped inside :func:`~mtasts.delivery.deliver` (:mod:`mtasts._smtp`), which never raises for
+  what happens on the network.
 * **DKIM** (§3): "Reports sent via SMTP MUST contain a valid DKIM signature by the reporting domain", and
   receivers MUST ignore unsigned ones. mtasts has no DKIM dependency: pass ``dkim_sign`` (message bytes in,
   signed bytes out; sign ``TLS-Report-Domain`` and ``TLS-Report-Submitter`` too, §5.3 SHOULD; never ``l=``).
@@ -54,6 +56,7 @@ from ..errors import DomainError, MTASTSError
 from ..fetch import _DnsPythonResolver
 from ..resolver import PolicyResolver
 from ..tls import create_opportunistic_context
+from .exclude import report_delivery
 from .message import MEDIA_TYPE, build_message, check_address, mailto_recipients, sender_identity
 from .record import TlsRptRecord, TlsRptRecordError, is_tlsrpt_record, parse_tlsrpt_record, select_tlsrpt_record
 from .report import Report
@@ -228,10 +231,16 @@ class ReportSender:
     async def send(self, report: Report, rua: Sequence[str]) -> SendResult:
         """Try each URI of ``rua`` in order until one accepts ``report`` (§3).
 
-        Never raises for what happens on the way: every failure is an attempt's ``error``.
+        Never raises for what happens on the way: every failure is an attempt's ``error``. Runs inside
+        :func:`~mtasts.tlsrpt.exclude.report_delivery`: no recorder counts what this delivery does (§3 SHOULD
+        NOT), even one wired into the ``mailer`` hook's own delivery.
         """
         if isinstance(rua, str):
             rua = [rua]
+        with report_delivery():
+            return await self._send(report, rua)
+
+    async def _send(self, report: Report, rua: Sequence[str]) -> SendResult:
         attempts: list[SendAttempt] = []
         body: bytes | None = None
         session: aiohttp.ClientSession | None = None
