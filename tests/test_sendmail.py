@@ -155,7 +155,7 @@ async def test_debian_sendmail_has_mta_sts_compiled_in(sendmail: Sendmail, world
     _, basic = await sendmail.run("-d0.1", "-bt", stdin=b"")
     compiled = listed(basic, "Compiled with:")
     assert {"SOCKETMAP", "STARTTLS", "MAP_REGEX"} <= compiled, compiled
-    # docs/sendmail.md: no DANE in Debian's build, hence dane = false for a daemon that sendmail asks
+    # docs/sendmail.md: no DANE in Debian's build, hence never "OK dane-only" on the sts map name
     assert "DANE" not in compiled, compiled
     assert "FFR Defines:" not in basic  # -d0.1 does not show the "for future release" options...
     _, detailed = await sendmail.run("-d0.13", "-bt", stdin=b"")
@@ -181,8 +181,7 @@ async def test_the_documented_configuration(tools: Tools, tmp_path: Path) -> Non
     timeout = re.search(r"\nKsts socket -d(\d+) ", cf)
     assert timeout is not None
     assert config.request_timeout < int(timeout.group(1))
-    assert (config.dane, config.tlsrpt) == (False, False)
-    assert tomllib.loads(documented_block("toml")).keys() == {"request_timeout", "dane", "tlsrpt"}
+    assert tomllib.loads(documented_block("toml")).keys() == {"request_timeout"}
     command = next(line for line in documented_block("sh").splitlines() if line.startswith("mtasts serve-"))
     assert command.split()[:4] == ["mtasts", "serve-socketmap", "--listen", "127.0.0.1:8461"]
 
@@ -341,41 +340,40 @@ async def test_an_unreachable_daemon_defers(sendmail: Sendmail, world: World, re
     assert [squash(r) for r in returns(output, "STS_Check")] == [squash(TEMP_FAIL_RULE)], output
 
 
-# -- why the daemon that sendmail asks runs with tlsrpt = false and dane = false -----------------------------------
+# -- the sts map name: always the plain answer, whatever tlsrpt and dane say ---------------------------------------
 
 
-async def test_tlsrpt_attributes_would_break_the_match_list(
+async def test_the_sts_map_never_gets_tlsrpt_attributes(
     sendmail: Sendmail, world: World, resolver: PolicyResolver
 ) -> None:
-    """With Postfix 3.10's TLS-RPT attributes after ``servername=hostname`` the rules glue the last ``match=``
-    pattern to them: an MX matching only that pattern is deferred. Hence ``tlsrpt = false`` (docs/sendmail.md)."""
+    """Postfix 3.10's TLS-RPT attributes after ``servername=hostname`` would glue the last ``match=`` pattern to
+    them in sendmail's rules (an MX matching only that pattern deferred): the ``sts`` map name gets the plain answer
+    even with ``tlsrpt = true``, so one daemon serves Postfix 3.10 and sendmail. Both MX patterns are checked."""
     async with SocketmapServer(resolver, port=0, tlsrpt=True) as server:
         configure(sendmail, world, f"inet:{server.port}@127.0.0.1")
-        [answer] = (await sendmail.map_lookups(["enforce.example"])).values()
-        assert answer.startswith(f"{SECURE} policy_type=sts policy_domain=enforce.example ")
+        assert (await sendmail.map_lookups(["enforce.example"])) == {"enforce.example": SECURE}
         first = await run_rules(
             sendmail, "enforce.example", server_name="mx.enforce.example", cert_altnames=["mx.enforce.example"]
         )
         last = await run_rules(
             sendmail, "enforce.example", server_name="mx2.example.net", cert_altnames=["mx2.example.net"]
         )
+        # the same server still gives Postfix (any other map name) its TLS-RPT attributes
+        assert (await server.answer(b"postfix enforce.example")).startswith(b"OK secure match=")
+        assert b" policy_type=sts " in await server.answer(b"postfix enforce.example")
     assert returns(first, "STS_Check") == ["ok"], first
-    assert "450mx2.example.netnotfoundin" in squash(returns(last, "STS_Check")[0]), last
+    assert returns(last, "STS_Check") == ["ok"], last
 
 
-async def test_dane_only_would_leave_the_domain_unchecked(
-    sendmail: Sendmail, world: World, resolver: PolicyResolver
-) -> None:
-    """``OK dane-only`` has no ``secure`` in it: sendmail (built without DANE) checks nothing for the domain.
-    With ``dane = false`` the same domain gets its MTA-STS answer, and the rules check it."""
+async def test_the_sts_map_never_gets_dane_only(sendmail: Sendmail, world: World, resolver: PolicyResolver) -> None:
+    """``OK dane-only`` has no ``secure`` in it: sendmail (built without DANE) would check nothing for the domain.
+    The ``sts`` map name gets the domain's MTA-STS answer even with ``dane = true`` (Postfix, on its own map name,
+    still gets ``dane-only``), and the rules check it: a certificate that fails is refused."""
     async with SocketmapServer(resolver, port=0, dane=True) as server:
         configure(sendmail, world, f"inet:{server.port}@127.0.0.1")
-        assert await sendmail.map_lookups(["dane.example"]) == {"dane.example": "dane-only"}
-        unchecked = await run_rules(sendmail, "dane.example", server_name="mx.elsewhere.example", verify="FAIL")
-    assert returns(unchecked, "STS_secure") == ["FAIL"] and returns(unchecked, "STS_Check") == ["ok"], unchecked
-
-    async with SocketmapServer(resolver, port=0, dane=False) as server:
-        configure(sendmail, world, f"inet:{server.port}@127.0.0.1")
+        assert await server.answer(b"postfix dane.example") == b"OK dane-only"
+        [answer] = (await sendmail.map_lookups(["dane.example"])).values()
+        assert answer.startswith("secure match=mx.dane.example"), answer
         checked = await run_rules(sendmail, "dane.example", server_name="mx.elsewhere.example", verify="FAIL")
     assert "authenticationfailed" in squash(returns(checked, "STS_secure")[0]), checked
     assert "450mx.elsewhere.examplenotfoundin" in squash(returns(checked, "STS_Check")[0]), checked

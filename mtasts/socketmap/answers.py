@@ -35,6 +35,7 @@ __all__ = [
     "NOTFOUND_NETSTRING",
     "PERM_REQUEST",
     "PERM_REQUEST_NETSTRING",
+    "SENDMAIL_MAP_NAME",
     "TEMP_DANE_MX",
     "TEMP_DANE_MX_NETSTRING",
     "TEMP_DNS",
@@ -79,6 +80,12 @@ PERM_REQUEST_NETSTRING: Final = encode(PERM_REQUEST)
 #: The socketmap name whose answers carry the TLS-RPT attributes (``socketmap:inet:127.0.0.1:8461:QUERYwithTLSRPT``):
 #: postfix-tlspol's, so that its users switch without editing main.cf. Compared exactly, as Postfix sends it.
 TLSRPT_MAP_NAME: Final = b"QUERYwithTLSRPT"
+
+#: The map name of sendmail 8.17's ``FEATURE(`sts')`` (its ``Ksts socket ...`` map, docs/sendmail.md): always the
+#: plain MTA-STS answer — never the TLS-RPT attributes (its rules take everything after ``match=`` up to a final
+#: ``servername=hostname`` as the host list) and never ``OK dane-only`` (no ``secure`` in it: sendmail would check
+#: nothing, and Debian's sendmail has no DANE).
+SENDMAIL_MAP_NAME: Final = b"sts"
 
 # A next-hop port after the host: digits or a service name, as Postfix accepts them ("[mx.example]:smtp").
 _PORT = re.compile(r"[0-9]{1,5}|[A-Za-z][A-Za-z0-9-]{0,63}")

@@ -39,6 +39,7 @@ from .answers import (
     DANE_ONLY_NETSTRING,
     NOTFOUND_NETSTRING,
     PERM_REQUEST_NETSTRING,
+    SENDMAIL_MAP_NAME,
     TEMP_DANE_MX_NETSTRING,
     TEMP_DNS_NETSTRING,
     TEMP_INTERNAL_NETSTRING,
@@ -60,6 +61,15 @@ log = logging.getLogger("mtasts.socketmap")  # the package's logger: one name fo
 _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
 _LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
 _OVERRIDE_LOG_PERIOD = 60.0  # seconds between two log lines about one domain's override
+
+
+class _PlainLookup(str):
+    """A normalised domain to look up whose answer is the plain MTA-STS one whatever ``dane`` and ``tlsrpt`` say
+    (a request on sendmail's map name, :data:`~mtasts.socketmap.answers.SENDMAIL_MAP_NAME`)."""
+
+
+#: The reply memo's key for a policy's plain answer on sendmail's map ("" is no domain, so no TLS-RPT key's).
+_PLAIN = ""
 
 
 class _TlsrptLookup(str):
@@ -671,6 +681,8 @@ class SocketmapServer:
             return PERM_REQUEST_NETSTRING
         if name == EXIM_MAP_NAME:  # Exim's ${readsocket}: the MX hosts an enforce policy allows (docs/exim.md)
             return exim_request(self._cached_policy, raw_key)
+        if name == SENDMAIL_MAP_NAME:  # sendmail's FEATURE(`sts'): the plain answer only (docs/sendmail.md)
+            return self._quick_plain(raw_key)
         tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
         try:
             key = raw_key.decode()
@@ -690,6 +702,27 @@ class SocketmapServer:
         if tlsrpt:
             return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
         return self._replies.get(policy) or self._remember(policy, domain)
+
+    def _quick_plain(self, raw_key: bytes) -> bytes | str:
+        """:meth:`_quick_named` for sendmail's map: the plain reply from memory, or the domain to look up."""
+        try:
+            domain = parse_key(raw_key.decode())
+        except (UnicodeDecodeError, DomainError):
+            return NOTFOUND_NETSTRING
+        if domain is None:
+            return NOTFOUND_NETSTRING
+        try:
+            policy = self._cached_policy(domain)
+        except DomainError:
+            return NOTFOUND_NETSTRING
+        if policy is NOT_CACHED:
+            return _PlainLookup(normalize_domain(domain))
+        if policy is None:
+            return NOTFOUND_NETSTRING
+        return self._plain_reply(policy)
+
+    def _plain_reply(self, policy: Policy) -> bytes:
+        return self._replies.get((_PLAIN, policy)) or self._memo((_PLAIN, policy), policy_reply(policy))
 
     async def _slow(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now); an
@@ -728,6 +761,8 @@ class SocketmapServer:
         policy = lookup.policy
         if policy is None:
             return NOTFOUND_NETSTRING
+        if type(domain) is _PlainLookup:
+            return self._plain_reply(policy)
         dane = self._dane
         if dane is not None and policy.mode is Mode.ENFORCE:  # DANE first (RFC 8461 §2)
             tlsrpt = type(domain) is _TlsrptLookup or self._tlsrpt_every_name
