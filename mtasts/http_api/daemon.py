@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 from ..errors import MTASTSError
 from ..options import format_host_port, parse_host_port
-from ..resolver import PolicyResolver
-from ..socketmap.config import DescriptorPlan, ServerConfig, plan_descriptors
-from ..socketmap.daemon import _wait_for_stop, event_loop_factory, raise_nofile_limit
+from ..socketmap.config import ServerConfig, plan_descriptors
+from ..socketmap.daemon import _wait_for_stop, build_resolver, event_loop_factory, raise_nofile_limit
 from .server import DEFAULT_PORT, HttpApiServer
 
 __all__ = ["DEFAULT_LISTEN", "build_resolver", "parse_listen", "run", "serve_http"]
@@ -32,24 +31,6 @@ DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 def parse_listen(text: str) -> tuple[str, int]:
     """``127.0.0.1:8462``, ``[::1]:8462``, ``localhost`` → (host, port); a missing port means 8462, 0 any free one."""
     return parse_host_port(text, what="--listen address", default_port=DEFAULT_PORT, port_zero=True)
-
-
-def build_resolver(config: ServerConfig, plan: DescriptorPlan) -> PolicyResolver:
-    """The store and the resolver exactly as :func:`mtasts.socketmap.serve` builds them from ``config`` (not
-    started; the DNS and fetch limits from ``plan``)."""
-    from ..stores import open_store  # noqa: PLC0415 - the stores load sqlite3 only when serving
-
-    return PolicyResolver(
-        store=open_store(config.store),
-        cache_size=config.cache_size,
-        fetch_timeout=config.fetch_timeout,
-        fetch_idle_timeout=config.fetch_idle_timeout,
-        max_concurrent_dns=plan.max_concurrent_dns,
-        max_concurrent_fetches=plan.max_concurrent_fetches,
-        queue_timeout=config.queue_timeout,
-        dns_error=config.dns_error,
-        **config.world.resolver_kwargs(),
-    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,7 +30,7 @@ from .systemd import Notifier, activated_socket, watchdog_interval
 if TYPE_CHECKING:
     from ..control.server import ControlServer
 
-__all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
+__all__ = ["build_resolver", "event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
 log = logging.getLogger("mtasts.socketmap")
 
@@ -93,11 +93,9 @@ async def serve(
     live. On the way out: ``STOPPING=1``, the server finishes its requests (``shutdown_grace``), the resolver
     flushes the store. ``environ`` (default ``os.environ``) holds systemd's variables.
     """
-    from ..stores import open_store  # noqa: PLC0415 - the stores load sqlite3 only when serving
 
     environ = os.environ if environ is None else environ
     identity = resolve_identity(config.user, config.group) if config.user is not None else None
-    world = config.world.resolver_kwargs()
     activated = activated_socket(environ, os.getpid())
     plan = plan_descriptors(
         raise_nofile_limit(),
@@ -119,18 +117,7 @@ async def serve(
         if plan.fits
         else f" — {plan.total} in all: descriptors may run out (raise LimitNOFILE, or lower max_connections)",
     )
-    store = open_store(config.store)  # opens nothing yet: the first use does, after the privileges are dropped
-    resolver = PolicyResolver(
-        store=store,
-        cache_size=config.cache_size,
-        fetch_timeout=config.fetch_timeout,
-        fetch_idle_timeout=config.fetch_idle_timeout,
-        max_concurrent_dns=plan.max_concurrent_dns,
-        max_concurrent_fetches=plan.max_concurrent_fetches,
-        queue_timeout=config.queue_timeout,
-        dns_error=config.dns_error,
-        **world,
-    )
+    resolver = build_resolver(config, plan)  # its store opens nothing yet: the first use does, after the drop
     notifier = Notifier.from_environ(environ)
     try:
         server = SocketmapServer(
@@ -326,6 +313,24 @@ async def _start_control(config: ServerConfig, server: SocketmapServer) -> Contr
         raise
     log.info("control socket %s (mode %s): mtasts cache ... --control PATH", control.path, oct(control.mode))
     return control
+
+
+def build_resolver(config: ServerConfig, plan: DescriptorPlan) -> PolicyResolver:
+    """The store and the resolver ``config`` describes, within the DNS and fetch shares of ``plan`` (not started):
+    the one construction behind ``serve-socketmap`` and ``serve-http``."""
+    from ..stores import open_store  # noqa: PLC0415 - the stores load sqlite3 only when serving
+
+    return PolicyResolver(
+        store=open_store(config.store),
+        cache_size=config.cache_size,
+        fetch_timeout=config.fetch_timeout,
+        fetch_idle_timeout=config.fetch_idle_timeout,
+        max_concurrent_dns=plan.max_concurrent_dns,
+        max_concurrent_fetches=plan.max_concurrent_fetches,
+        queue_timeout=config.queue_timeout,
+        dns_error=config.dns_error,
+        **config.world.resolver_kwargs(),
+    )
 
 
 def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:
