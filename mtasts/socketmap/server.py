@@ -47,6 +47,7 @@ from .answers import (
     policy_reply,
     tlsrpt_reply,
 )
+from .tally import LATENCY_BUCKETS, Tally, answer_kind
 
 __all__ = ["SocketmapServer"]
 
@@ -122,7 +123,8 @@ class SocketmapServer:
     Counters: ``requests``, ``connections`` (admitted), ``rejected`` (closed at once: no room), ``evicted``
     (idle connections closed to make room), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP
     answers after ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local
-    fault, or a DNS failure under ``dns_error = "defer"``).
+    fault, or a DNS failure under ``dns_error = "defer"``); the answers by kind and the lookups' latency:
+    :meth:`answers`, :meth:`latency` (:mod:`mtasts.socketmap.tally`: a cache hit pays nothing for them).
 
     A request on the map name ``QUERYwithTLSRPT`` — on every name with ``tlsrpt=True`` — is answered, for an
     enforce policy, with the TLS-RPT attributes of Postfix >= 3.10 after the policy (docs/postfix.md, "TLS-RPT
@@ -187,9 +189,7 @@ class SocketmapServer:
         self.connections = 0
         self.rejected = 0
         self.evicted = 0
-        self.errors = 0
-        self.timeouts = 0
-        self.deferred = 0
+        self._tally = Tally()  # the answers by kind, latency, errors, timeouts, deferred: one attribute (see below)
         # The memo of encoded replies: policy -> the plain reply; (domain as asked, policy) -> the TLS-RPT reply
         # (policies are interned across domains, but a TLS-RPT reply names its domain). With tlsrpt=True no policy
         # key is ever stored, so the plain name's hits fall through to _remember, which gives the TLS-RPT reply.
@@ -231,6 +231,44 @@ class SocketmapServer:
     def dane(self) -> bool:
         """True when enforce domains whose MX hosts have validated TLSA records are answered ``OK dane-only``."""
         return self._dane is not None
+
+    # -- counters (kept in the tally: one instance attribute, see __init__) --------------------------------------
+
+    @property
+    def errors(self) -> int:
+        return self._tally.errors
+
+    @errors.setter
+    def errors(self, value: int) -> None:
+        self._tally.errors = value
+
+    @property
+    def timeouts(self) -> int:
+        return self._tally.timeouts
+
+    @timeouts.setter
+    def timeouts(self, value: int) -> None:
+        self._tally.timeouts = value
+
+    @property
+    def deferred(self) -> int:
+        return self._tally.deferred
+
+    @deferred.setter
+    def deferred(self, value: int) -> None:
+        self._tally.deferred = value
+
+    def answers(self) -> dict[str, int]:
+        """Requests answered so far by kind: ``secure``, ``notfound``, ``temp``, ``perm``, ``dane`` (a request
+        whose lookup is still running, or whose connection closed before it ended, is in none)."""
+        return self._tally.answers(self.requests)
+
+    def latency(self) -> tuple[tuple[float, ...], list[int], float]:
+        """The answers' latency as a histogram: the buckets' upper bounds (seconds), the cumulative counts (one
+        more: +Inf), the sum of seconds. Answers from memory count in the first bucket as 0 seconds; lookups as
+        measured, from the request to the answer."""
+        cumulative, seconds = self._tally.latency(self.requests)
+        return LATENCY_BUCKETS, cumulative, seconds
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -399,18 +437,29 @@ class SocketmapServer:
         """The reply payload for one request payload (``b"postfix example.com"`` → ``b"OK secure ..."``)."""
         reply = self._quick(payload)
         if isinstance(reply, str):
+            self._tally.lookups += 1
             reply = await self._slow(reply)
         return reply[reply.index(b":") + 1 : -1]
 
     def _quick(self, payload: bytes) -> bytes | str:
-        """The encoded reply when memory can answer, else the normalised domain to look up."""
+        """The encoded reply when memory can answer, else the normalised domain to look up.
+
+        Every reply but a memoised ``OK secure`` one is counted by kind where it is made (``self._tally``,
+        :mod:`mtasts.socketmap.tally`): a reply added to this path must be counted too.
+        """
         self.requests += 1
         try:
             return self._quick_unguarded(payload)
         except Exception:
             self.errors += 1
+            self._tally.temp += 1
             log.exception("internal error answering %r", payload[:200])
             return TEMP_INTERNAL_NETSTRING
+
+    def _notfound(self) -> bytes:
+        """NOTFOUND, counted (for the paths that return it before the cache is read)."""
+        self._tally.notfound += 1
+        return NOTFOUND_NETSTRING
 
     def _quick_unguarded(self, payload: bytes) -> bytes | str:
         # The documented map name, "postfix", is recognised by the split itself (a payload starting "postfix " has
@@ -422,54 +471,73 @@ class SocketmapServer:
         try:
             key = raw_key.decode()
         except UnicodeDecodeError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if key and key[0] not in ".[" and ":" not in key:
             domain = key  # the common case: a plain domain (cached_policy normalises it)
         else:
             try:
                 parsed = parse_key(key)
             except DomainError:
-                return NOTFOUND_NETSTRING
+                return self._notfound()
             if parsed is None:
-                return NOTFOUND_NETSTRING
+                return self._notfound()
             domain = parsed
         cached_policy = self._cached_policy  # an attribute load, not a method lookup (see __init__)
         try:
             policy = cached_policy(domain)
         except DomainError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if policy is NOT_CACHED:
             return normalize_domain(domain)
         if policy is None:
+            self._tally.notfound += 1
             return NOTFOUND_NETSTRING
+        # only OK secure replies are memoised under a policy (uncounted: the tally's rest); the rest is _remember's
         return self._replies.get(policy) or self._remember(policy, domain)
 
     def _quick_named(self, payload: bytes) -> bytes | str:
         """:meth:`_quick_unguarded` for any map name: the TLS-RPT one gets the TLS-RPT reply (or lookup)."""
         name, space, raw_key = payload.partition(b" ")
         if not space or not name:
+            self._tally.perm += 1
             return PERM_REQUEST_NETSTRING
         tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
         try:
             key = raw_key.decode()
             domain = parse_key(key)
         except (UnicodeDecodeError, DomainError):
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if domain is None:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         try:
             policy = self._cached_policy(domain)
         except DomainError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if policy is NOT_CACHED:
             return _TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain)
         if policy is None:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if tlsrpt:
             return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
         return self._replies.get(policy) or self._remember(policy, domain)
 
     async def _slow(self, domain: str) -> bytes:
+        """:meth:`_look_up`, its answer counted by kind with its latency (and logged at DEBUG). The request was
+        counted a lookup by the caller: a task cancelled before it starts never runs this."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await self._look_up(domain)
+        seconds = loop.time() - started
+        self._tally.answered(reply, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            text = reply[reply.find(b":") + 1 : -1][:200].decode("utf-8", "replace")
+            log.debug(
+                "%s: %s (looked up in %.3f s)", domain, text, seconds,
+                extra={"event": "answer", "domain": str(domain), "answer": answer_kind(reply), "duration": seconds},
+            )  # fmt: skip
+        return reply
+
+    async def _look_up(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now)."""
         try:
             async with asyncio.timeout(self.request_timeout):
@@ -510,6 +578,8 @@ class SocketmapServer:
                 log.exception("DANE lookup for %s failed", domain)
                 return TEMP_INTERNAL_NETSTRING
             return reply or self._sts_reply(str(domain), policy, tlsrpt)
+        if policy.mode is not Mode.ENFORCE:  # (not through _remember, which counts its NOTFOUND: this one is _slow's)
+            return NOTFOUND_NETSTRING
         if type(domain) is _TlsrptLookup or self._tlsrpt_every_name:
             answer = self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
         else:
@@ -519,25 +589,41 @@ class SocketmapServer:
 
     def _remember(self, policy: Policy, domain: str) -> bytes | str:
         """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
-        DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known)."""
+        DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known).
+
+        ``testing`` and ``none`` are NOTFOUND, counted here, never memoised: the memo holds only the replies the
+        tally does not count (``OK secure``)."""
+        if policy.mode is not Mode.ENFORCE:
+            self._tally.notfound += 1
+            return NOTFOUND_NETSTRING
         dane = self._dane
-        if dane is not None and policy.mode is Mode.ENFORCE:
+        if dane is not None:
             memo = dane.tlsrpt_replies if self._tlsrpt_every_name else dane.replies
             entry = memo.get(domain)
             if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                return entry[1]
+                reply = entry[1]
+                if reply is DANE_ONLY_NETSTRING:
+                    self._tally.dane += 1
+                return reply
             return self._dane_quick(domain, policy, self._tlsrpt_every_name)
         if self._tlsrpt_every_name:
             return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
         return self._memo(policy, policy_reply(policy))
 
     def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes | str:
-        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's)."""
+        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's);
+        ``testing`` and ``none``: NOTFOUND, counted (as in :meth:`_remember`)."""
+        if policy.mode is not Mode.ENFORCE:
+            self._tally.notfound += 1
+            return NOTFOUND_NETSTRING
         dane = self._dane
-        if dane is not None and policy.mode is Mode.ENFORCE:
+        if dane is not None:
             entry = dane.tlsrpt_replies.get(domain)
             if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                return entry[1]
+                reply = entry[1]
+                if reply is DANE_ONLY_NETSTRING:
+                    self._tally.dane += 1
+                return reply
             return self._dane_quick(domain, policy, True)
         return self._memo((str(domain), policy), tlsrpt_reply(policy, normalize_domain(domain)))
 
@@ -555,6 +641,8 @@ class SocketmapServer:
             normalized = normalize_domain(domain)
             return _TlsrptLookup(normalized) if tlsrpt else normalized
         reply = entry[1] or self._sts_reply(domain, policy, tlsrpt)
+        if reply is DANE_ONLY_NETSTRING:
+            self._tally.dane += 1
         memo = dane.tlsrpt_replies if tlsrpt else dane.replies
         if len(memo) >= _DANE_CACHE_SIZE:
             memo.clear()
@@ -722,6 +810,7 @@ class _Connection(asyncio.Protocol):
                 else:
                     ready.append(reply)  # nothing owed before it: write now
             else:
+                server._tally.lookups += 1  # (counted here: a task cancelled before it starts never runs _slow)
                 task = self._loop.create_task(server._slow(reply))
                 task.add_done_callback(self._on_done)
                 pending.append(task)
