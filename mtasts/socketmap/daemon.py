@@ -13,13 +13,18 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
+from ..logs import configure_logging
 from ..resolver import PolicyResolver
-from .config import DescriptorPlan, ServerConfig, plan_descriptors
+from .config import DescriptorPlan, ServerConfig, parse_metrics_listen, plan_descriptors
 from .server import SocketmapServer
+
+if TYPE_CHECKING:
+    from .metrics import DaemonCollector
+    from .monitor import MonitorListener
 
 __all__ = ["event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
@@ -77,9 +82,13 @@ async def serve(
 
     Opens the store, restores the cache from it, starts the proactive refresh, listens, calls ``ready(server)``.
     On the way out: the server finishes its requests (``shutdown_grace``), the resolver flushes the store.
+    With ``metrics_listen``, ``/metrics`` and ``/healthz`` are served from before the store is restored (503:
+    starting) until the end (503 from the moment shutdown begins): :mod:`mtasts.socketmap.monitor`.
     """
     from ..stores import open_store  # noqa: PLC0415 - the stores load sqlite3 only when serving
 
+    if config.metrics_listen is not None:
+        _check_metrics_extra()
     world = config.world.resolver_kwargs()
     plan = plan_descriptors(
         raise_nofile_limit(),
@@ -113,7 +122,10 @@ async def serve(
         dns_error=config.dns_error,
         **world,
     )
+    monitor: _Monitor | None = None
     try:
+        if config.metrics_listen is not None:
+            monitor = await _start_monitor(config.metrics_listen, config.event_loop, resolver)
         await resolver.start()
         if config.refresh_period > 0:
             resolver.start_background_refresh(config.refresh_period)
@@ -147,21 +159,72 @@ async def serve(
                 "first (the resolver must validate DNSSEC; Postfix needs smtp_dns_support_level = dnssec)"
                 if config.dane
                 else "off",
+                extra={"event": "listening", "address": server.address},
             )
+            if monitor is not None:
+                monitor.collector.server = server
+                monitor.listener.state = "serving"
             if ready is not None:
                 ready(server)
             await _wait_for_stop(stop)
         finally:
+            if monitor is not None:
+                monitor.listener.state = "stopping"
             log.info(
                 "shutting down (%d requests, %d connections, %d idle ones closed to make room, %d refused)",
                 server.requests,
                 server.connections,
                 server.evicted,
                 server.rejected,
+                extra={"event": "stopping"},
             )
             await server.aclose(config.shutdown_grace)
     finally:
+        if monitor is not None:
+            monitor.listener.state = "stopping"
         await resolver.aclose()
+        if monitor is not None:
+            await monitor.listener.aclose()
+
+
+# -- the monitoring listener (metrics_listen) -----------------------------------------------------------------
+
+
+class _Monitor:
+    """The listener and the collector it serves (whose ``server`` is set once the server listens)."""
+
+    def __init__(self, listener: MonitorListener, collector: DaemonCollector) -> None:
+        self.listener, self.collector = listener, collector
+
+
+def _check_metrics_extra() -> None:
+    """A clear :class:`UsageError` when prometheus-client (the metrics extra) is missing."""
+    try:
+        import prometheus_client  # noqa: F401, PLC0415 - optional (the metrics extra)
+    except ImportError:
+        raise UsageError("metrics_listen (--metrics) needs prometheus-client: pip install 'mtasts[metrics]'") from None
+
+
+async def _start_monitor(metrics_listen: str, event_loop: str, resolver: PolicyResolver) -> _Monitor:
+    """Listen on ``metrics_listen`` (503 until the server listens); logs the address (``metrics-listening``)."""
+    from prometheus_client import generate_latest  # noqa: PLC0415 - optional (the metrics extra)
+
+    from .metrics import DaemonCollector, metrics_registry  # noqa: PLC0415
+    from .monitor import MonitorListener  # noqa: PLC0415 - aiohttp's server loads only with metrics_listen
+
+    host, port = parse_metrics_listen(metrics_listen)
+    collector = DaemonCollector(resolver, event_loop=event_loop)
+    registry = metrics_registry(collector)
+
+    def store_up() -> bool:
+        link = resolver.store_link
+        return link is None or not link.down
+
+    listener = MonitorListener(host, port, metrics=lambda: generate_latest(registry), store_up=store_up)
+    await listener.start()
+    log.info("metrics on %s/metrics, health on %s/healthz", listener.address, listener.address,
+             extra={"event": "metrics-listening", "address": listener.address})  # fmt: skip
+    return _Monitor(listener, collector)
 
 
 def _dane_lookup(resolver: PolicyResolver, plan: DescriptorPlan, queue_timeout: float) -> DaneResolver:
@@ -200,7 +263,7 @@ async def _wait_for_stop(stop: asyncio.Event | None) -> None:
 def run(config: ServerConfig) -> int:
     """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped, on the event loop
     ``config.event_loop`` names; 1 on a failure."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
             runner.run(serve(config))
