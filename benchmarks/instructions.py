@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("cached_policy", "get_policy", "socketmap")
 # socketmap-dane: the same answer with DANE on (dane=True), each domain's DANE state known ("not DANE": the
-# enforce reply). Not in the default set: trees before DANE cannot run it.
-EXTRA_KINDS = ("socketmap-dane",)
+# enforce reply). Not in the default set: trees before DANE cannot run it. socketmap-notfound: NOTFOUND for
+# domains whose "no policy" answer is remembered (the negative cache).
+EXTRA_KINDS = ("socketmap-dane", "socketmap-notfound")
 KIND_HELP = "which loops to count (default: all)"
 SMALL, LARGE = 20_000, 60_000
 
@@ -49,6 +50,11 @@ async def main():
         names = [f"d{i}.example" for i in range(1000)]
         for name in names:
             resolver.cache_policy(name, POLICY, "1")
+        if kind == "socketmap-notfound":
+            from mtasts.resolver import LookupStatus, PolicyLookup
+            names = [f"n{i}.example" for i in range(1000)]
+            for name in names:
+                resolver._negative.put(name, PolicyLookup(name, LookupStatus.NO_POLICY, from_cache=True), float("inf"))
         order = (names * (n // len(names) + 1))[:n]
         if kind == "cached_policy":
             cached = resolver.cached_policy
