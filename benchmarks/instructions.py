@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("cached_policy", "get_policy", "socketmap")
 # socketmap-dane: the same answer with DANE on (dane=True), each domain's DANE state known ("not DANE": the
-# enforce reply). Not in the default set: trees before DANE cannot run it. socketmap-notfound: NOTFOUND for
-# domains whose "no policy" answer is remembered (the negative cache).
-EXTRA_KINDS = ("socketmap-dane", "socketmap-notfound")
+# enforce reply). Not in the default set: trees before DANE cannot run it. socketmap-dane-only: the same, DANE
+# governing every domain ("OK dane-only"). socketmap-notfound: NOTFOUND for domains whose "no policy" answer is
+# remembered (the negative cache).
+EXTRA_KINDS = ("socketmap-dane", "socketmap-dane-only", "socketmap-notfound")
 KIND_HELP = "which loops to count (default: all)"
 SMALL, LARGE = 20_000, 60_000
 
@@ -66,10 +67,13 @@ async def main():
                 await get(name)
         else:
             from mtasts.socketmap import SocketmapServer
-            server = SocketmapServer(resolver, dane=True) if kind == "socketmap-dane" else SocketmapServer(resolver)
-            if kind == "socketmap-dane":
+            dane = kind.startswith("socketmap-dane")
+            server = SocketmapServer(resolver, dane=True) if dane else SocketmapServer(resolver)
+            if dane:
+                from mtasts.socketmap.answers import DANE_ONLY_NETSTRING
+                state = DANE_ONLY_NETSTRING if kind == "socketmap-dane-only" else None
                 for name in names:
-                    server._dane.states[name] = (float("inf"), None)
+                    server._dane.states[name] = (float("inf"), state)
             quick = server._quick
             for payload in [b"postfix " + name.encode() for name in order]:
                 quick(payload)

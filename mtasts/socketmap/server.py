@@ -98,9 +98,10 @@ class _Dane:
     clock: Callable[[], float]
     states: dict[str, tuple[float, bytes | None]] = dataclasses.field(default_factory=dict)
     inflight: dict[str, asyncio.Future[bytes | None]] = dataclasses.field(default_factory=dict)
-    # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for); one per answer kind
-    replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
-    tlsrpt_replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
+    # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for — None for OK dane-only,
+    # which stands whatever the enforce policy: the hit path tells the two kinds apart by it); one per answer kind
+    replies: dict[str, tuple[float, bytes, Policy | None]] = dataclasses.field(default_factory=dict)
+    tlsrpt_replies: dict[str, tuple[float, bytes, Policy | None]] = dataclasses.field(default_factory=dict)
 
 
 class SocketmapServer:
@@ -185,7 +186,7 @@ class SocketmapServer:
         self.max_connections = max_connections
         self.first_request_timeout = float(first_request_timeout)
         self._listen = _Listen(port, unix_mode, accept_batch, max(listen_queue, accept_batch))
-        self.requests = 0
+        self._secure_hits = 0  # secure answers from memory (the hot path's one increment: mtasts.socketmap.tally)
         self.connections = 0
         self.rejected = 0
         self.evicted = 0
@@ -258,16 +259,21 @@ class SocketmapServer:
     def deferred(self, value: int) -> None:
         self._tally.deferred = value
 
+    @property
+    def requests(self) -> int:
+        """Requests received (answered from memory, or handed to a lookup)."""
+        return self._tally.requests(self._secure_hits)
+
     def answers(self) -> dict[str, int]:
         """Requests answered so far by kind: ``secure``, ``notfound``, ``temp``, ``perm``, ``dane`` (a request
         whose lookup is still running, or whose connection closed before it ended, is in none)."""
-        return self._tally.answers(self.requests)
+        return self._tally.answers(self._secure_hits)
 
     def latency(self) -> tuple[tuple[float, ...], list[int], float]:
         """The answers' latency as a histogram: the buckets' upper bounds (seconds), the cumulative counts (one
         more: +Inf), the sum of seconds. Answers from memory count in the first bucket as 0 seconds; lookups as
         measured, from the request to the answer."""
-        cumulative, seconds = self._tally.latency(self.requests)
+        cumulative, seconds = self._tally.latency(self._secure_hits)
         return LATENCY_BUCKETS, cumulative, seconds
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -437,17 +443,15 @@ class SocketmapServer:
         """The reply payload for one request payload (``b"postfix example.com"`` → ``b"OK secure ..."``)."""
         reply = self._quick(payload)
         if isinstance(reply, str):
-            self._tally.lookups += 1
             reply = await self._slow(reply)
         return reply[reply.index(b":") + 1 : -1]
 
     def _quick(self, payload: bytes) -> bytes | str:
         """The encoded reply when memory can answer, else the normalised domain to look up.
 
-        Every reply but a memoised ``OK secure`` one is counted by kind where it is made (``self._tally``,
-        :mod:`mtasts.socketmap.tally`): a reply added to this path must be counted too.
+        Each request is counted once, by kind, where its answer is made — a domain to look up as a lookup
+        (:mod:`mtasts.socketmap.tally`): a reply added to this path must be counted too.
         """
-        self.requests += 1
         try:
             return self._quick_unguarded(payload)
         except Exception:
@@ -488,12 +492,15 @@ class SocketmapServer:
         except DomainError:
             return self._notfound()
         if policy is NOT_CACHED:
-            return normalize_domain(domain)
+            return self._lookup(normalize_domain(domain))
         if policy is None:
             self._tally.notfound += 1
             return NOTFOUND_NETSTRING
-        # only OK secure replies are memoised under a policy (uncounted: the tally's rest); the rest is _remember's
-        return self._replies.get(policy) or self._remember(policy, domain)
+        reply = self._replies.get(policy)  # only OK secure replies are memoised under a policy
+        if reply is not None:
+            self._secure_hits += 1
+            return reply
+        return self._remember(policy, domain)
 
     def _quick_named(self, payload: bytes) -> bytes | str:
         """:meth:`_quick_unguarded` for any map name: the TLS-RPT one gets the TLS-RPT reply (or lookup)."""
@@ -514,16 +521,23 @@ class SocketmapServer:
         except DomainError:
             return self._notfound()
         if policy is NOT_CACHED:
-            return _TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain)
+            return self._lookup(_TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain))
         if policy is None:
             return self._notfound()
-        if tlsrpt:
-            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        return self._replies.get(policy) or self._remember(policy, domain)
+        reply = self._replies.get((domain, policy) if tlsrpt else policy)
+        if reply is not None:
+            self._secure_hits += 1
+            return reply
+        return self._remember_tlsrpt(domain, policy) if tlsrpt else self._remember(policy, domain)
+
+    def _lookup(self, domain: str) -> str:
+        """``domain`` to look up (a lookup counted: its answer is counted when it ends)."""
+        self._tally.lookups += 1
+        return domain
 
     async def _slow(self, domain: str) -> bytes:
-        """:meth:`_look_up`, its answer counted by kind with its latency (and logged at DEBUG). The request was
-        counted a lookup by the caller: a task cancelled before it starts never runs this."""
+        """:meth:`_look_up`, its answer counted by kind with its latency (and logged at DEBUG); the request was
+        counted a lookup when :meth:`_quick` handed it on."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         reply = await self._look_up(domain)
@@ -578,21 +592,20 @@ class SocketmapServer:
                 log.exception("DANE lookup for %s failed", domain)
                 return TEMP_INTERNAL_NETSTRING
             return reply or self._sts_reply(str(domain), policy, tlsrpt)
-        if policy.mode is not Mode.ENFORCE:  # (not through _remember, which counts its NOTFOUND: this one is _slow's)
+        # Not through _remember, which counts the answers it makes (this one is counted by _slow); never a NOTFOUND
+        # memoised under a policy, where the hit path takes every reply for OK secure.
+        if policy.mode is not Mode.ENFORCE:
             return NOTFOUND_NETSTRING
         if type(domain) is _TlsrptLookup or self._tlsrpt_every_name:
-            answer = self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        else:
-            answer = self._replies.get(policy) or self._remember(policy, domain)
-        assert isinstance(answer, bytes)  # a domain to look up comes back only for DANE, handled above
-        return answer
+            return self._replies.get((domain, policy)) or self._memo_tlsrpt(domain, policy)
+        return self._replies.get(policy) or self._memo(policy, policy_reply(policy))
 
     def _remember(self, policy: Policy, domain: str) -> bytes | str:
         """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
         DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known).
 
-        ``testing`` and ``none`` are NOTFOUND, counted here, never memoised: the memo holds only the replies the
-        tally does not count (``OK secure``)."""
+        Each answer is counted here (``testing`` and ``none``: NOTFOUND, never memoised — the memo under a policy
+        holds only ``OK secure`` replies, so that the hit path knows what it answers)."""
         if policy.mode is not Mode.ENFORCE:
             self._tally.notfound += 1
             return NOTFOUND_NETSTRING
@@ -600,31 +613,47 @@ class SocketmapServer:
         if dane is not None:
             memo = dane.tlsrpt_replies if self._tlsrpt_every_name else dane.replies
             entry = memo.get(domain)
-            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                reply = entry[1]
-                if reply is DANE_ONLY_NETSTRING:
+            if entry is not None:
+                if entry[2] is policy and entry[0] > dane.clock():  # MTA-STS's reply
+                    self._secure_hits += 1
+                    return entry[1]
+                if entry[2] is None and entry[0] > dane.clock():  # OK dane-only
                     self._tally.dane += 1
-                return reply
+                    return entry[1]
             return self._dane_quick(domain, policy, self._tlsrpt_every_name)
-        if self._tlsrpt_every_name:
-            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        return self._memo(policy, policy_reply(policy))
+        if self._tlsrpt_every_name:  # the plain name's hits: no policy key is memoised with tlsrpt=True
+            reply = self._replies.get((domain, policy))
+            if reply is not None:
+                self._secure_hits += 1
+                return reply
+            return self._remember_tlsrpt(domain, policy)
+        reply = self._memo(policy, policy_reply(policy))
+        self._secure_hits += 1
+        return reply
 
     def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes | str:
         """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's);
-        ``testing`` and ``none``: NOTFOUND, counted (as in :meth:`_remember`)."""
+        counted (as in :meth:`_remember`)."""
         if policy.mode is not Mode.ENFORCE:
             self._tally.notfound += 1
             return NOTFOUND_NETSTRING
         dane = self._dane
         if dane is not None:
             entry = dane.tlsrpt_replies.get(domain)
-            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                reply = entry[1]
-                if reply is DANE_ONLY_NETSTRING:
+            if entry is not None:
+                if entry[2] is policy and entry[0] > dane.clock():  # MTA-STS's reply (as in _remember)
+                    self._secure_hits += 1
+                    return entry[1]
+                if entry[2] is None and entry[0] > dane.clock():  # OK dane-only
                     self._tally.dane += 1
-                return reply
+                    return entry[1]
             return self._dane_quick(domain, policy, True)
+        reply = self._memo_tlsrpt(domain, policy)
+        self._secure_hits += 1
+        return reply
+
+    def _memo_tlsrpt(self, domain: str, policy: Policy) -> bytes:
+        """The TLS-RPT reply for ``domain`` (as asked) and the enforce ``policy``, memoised."""
         return self._memo((str(domain), policy), tlsrpt_reply(policy, normalize_domain(domain)))
 
     # -- DANE first ---------------------------------------------------------------------------------------------
@@ -632,21 +661,24 @@ class SocketmapServer:
     # such hits fall through to _remember / _remember_tlsrpt, and from there here.
 
     def _dane_quick(self, domain: str, policy: Policy, tlsrpt: bool) -> bytes | str:
-        """The answer from the domain's remembered DANE state (memoised for the hit path), or the domain to look
-        up (unknown or expired)."""
+        """The answer from the domain's remembered DANE state (memoised for the hit path: ``OK dane-only`` with no
+        policy, MTA-STS's reply with the policy it was made for), or the domain to look up (unknown or expired)."""
         dane = self._dane
         assert dane is not None
         entry = dane.states.get(domain)
         if entry is None or entry[0] <= dane.clock():
             normalized = normalize_domain(domain)
-            return _TlsrptLookup(normalized) if tlsrpt else normalized
-        reply = entry[1] or self._sts_reply(domain, policy, tlsrpt)
-        if reply is DANE_ONLY_NETSTRING:
-            self._tally.dane += 1
+            return self._lookup(_TlsrptLookup(normalized) if tlsrpt else normalized)
         memo = dane.tlsrpt_replies if tlsrpt else dane.replies
         if len(memo) >= _DANE_CACHE_SIZE:
             memo.clear()
+        if entry[1] is not None:
+            memo[domain] = (entry[0], entry[1], None)
+            self._tally.dane += 1
+            return entry[1]
+        reply = self._sts_reply(domain, policy, tlsrpt)
         memo[domain] = (entry[0], reply, policy)
+        self._secure_hits += 1
         return reply
 
     @staticmethod
@@ -810,7 +842,6 @@ class _Connection(asyncio.Protocol):
                 else:
                     ready.append(reply)  # nothing owed before it: write now
             else:
-                server._tally.lookups += 1  # (counted here: a task cancelled before it starts never runs _slow)
                 task = self._loop.create_task(server._slow(reply))
                 task.add_done_callback(self._on_done)
                 pending.append(task)

@@ -1,15 +1,15 @@
-"""The socketmap server's answers by kind and its lookup latency, counted so that a cache hit pays nothing.
+"""The socketmap server's answers by kind and its lookup latency, counted so that a cache hit pays nothing more.
 
-Every request is counted once (``SocketmapServer.requests``, as before). A cache hit answered ``OK secure ...``
-— the hot path — counts nothing more: its kind is what is left once every other answer has been counted where it
-is made (:meth:`Tally.answers`). The other answers are counted by one increment each, where they are produced:
-NOTFOUND, PERM, the quick path's TEMP and the DANE replies (:attr:`Tally.notfound` ...); a request that needs
-a lookup is counted when its lookup starts (:attr:`Tally.lookups`) and its answer, of any kind, when the lookup
-ends (:meth:`Tally.answered`, which also observes the latency). So a request whose connection closed before its
-lookup ended is counted in no answer, and lookups in flight are in none yet.
+Each request is counted once, by one integer increment where its answer is made — the one increment every request
+paid before the answers were counted by kind (``SocketmapServer.requests`` is now their sum): a secure answer from
+memory in the server's ``_secure_hits`` (an instance attribute: the hot path's), NOTFOUND, PERM, the quick path's
+TEMP and ``OK dane-only`` in :attr:`Tally.notfound` ...; a request that needs a lookup in :attr:`Tally.lookups`
+when it is handed to one, and its answer, of any kind, when the lookup ends (:meth:`Tally.answered`, which also
+observes the latency). So a request whose connection closed before its lookup ended is counted in no answer, and
+lookups in flight are in none yet.
 
-**A reply made anywhere else must be counted where it is made** (one of the counters below), or it is counted
-``secure``: ``tests/test_metrics.py`` checks the counts against the replies of every kind of request.
+**A reply made anywhere else on the quick path must be counted where it is made**, or the request is not counted
+at all: ``tests/test_metrics.py`` checks the counts against the replies of every kind of request.
 
 Pure: no I/O, no clock (the server measures the durations).
 """
@@ -48,7 +48,7 @@ def answer_kind(reply: bytes) -> str:
 class Tally:
     """The counters of one server (see the module docs); read at scrape time by :meth:`answers`."""
 
-    # Answers made without a lookup (each counted where it is made), but the secure cache hits
+    # Answers made without a lookup (each counted where it is made), but the secure ones (the server's)
     notfound: int = 0
     temp: int = 0
     perm: int = 0
@@ -71,17 +71,20 @@ class Tally:
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
-    def answers(self, requests: int) -> dict[str, int]:
-        """Requests answered so far, by kind, out of ``requests`` received: the secure cache hits are the rest."""
-        quick = {"notfound": self.notfound, "temp": self.temp, "perm": self.perm, "dane": self.dane}
-        counts = {kind: quick.get(kind, 0) + self.looked_up[kind] for kind in ANSWERS}
-        counts["secure"] += max(0, requests - self.lookups - sum(quick.values()))
-        return counts
+    def requests(self, secure_hits: int) -> int:
+        """Requests received: answered from memory (``secure_hits`` of them secure), or handed to a lookup."""
+        return secure_hits + self.notfound + self.temp + self.perm + self.dane + self.lookups
 
-    def latency(self, requests: int) -> tuple[list[int], float]:
+    def answers(self, secure_hits: int) -> dict[str, int]:
+        """Requests answered so far, by kind (``secure_hits``: the secure answers from memory)."""
+        quick = {"secure": secure_hits, "notfound": self.notfound, "temp": self.temp, "perm": self.perm,
+                 "dane": self.dane}  # fmt: skip
+        return {kind: quick[kind] + self.looked_up[kind] for kind in ANSWERS}
+
+    def latency(self, secure_hits: int) -> tuple[list[int], float]:
         """Cumulative bucket counts (the last is +Inf, every answer) and the sum of seconds: the lookups as
-        measured, the requests answered at once (not looked up) in the first bucket, as 0 seconds."""
-        hits = max(0, requests - self.lookups)
+        measured, the requests answered from memory in the first bucket, as 0 seconds."""
+        hits = self.requests(secure_hits) - self.lookups
         cumulative, total = [], hits
         for count in self.buckets:
             total += count
