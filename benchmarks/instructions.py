@@ -26,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("cached_policy", "get_policy", "socketmap")
 # socketmap-dane: the same answer with DANE on (dane=True), each domain's DANE state known ("not DANE": the
-# enforce reply). Not in the default set: trees before DANE cannot run it.
-EXTRA_KINDS = ("socketmap-dane",)
+# enforce reply). Not in the default set: trees before DANE cannot run it. socketmap-dane-only: the same, DANE
+# governing every domain ("OK dane-only"). socketmap-notfound: NOTFOUND for domains whose "no policy" answer is
+# remembered (the negative cache).
+EXTRA_KINDS = ("socketmap-dane", "socketmap-dane-only", "socketmap-notfound")
 KIND_HELP = "which loops to count (default: all)"
 SMALL, LARGE = 20_000, 60_000
 
@@ -49,6 +51,11 @@ async def main():
         names = [f"d{i}.example" for i in range(1000)]
         for name in names:
             resolver.cache_policy(name, POLICY, "1")
+        if kind == "socketmap-notfound":
+            from mtasts.resolver import LookupStatus, PolicyLookup
+            names = [f"n{i}.example" for i in range(1000)]
+            for name in names:
+                resolver._negative.put(name, PolicyLookup(name, LookupStatus.NO_POLICY, from_cache=True), float("inf"))
         order = (names * (n // len(names) + 1))[:n]
         if kind == "cached_policy":
             cached = resolver.cached_policy
@@ -60,10 +67,13 @@ async def main():
                 await get(name)
         else:
             from mtasts.socketmap import SocketmapServer
-            server = SocketmapServer(resolver, dane=True) if kind == "socketmap-dane" else SocketmapServer(resolver)
-            if kind == "socketmap-dane":
+            dane = kind.startswith("socketmap-dane")
+            server = SocketmapServer(resolver, dane=True) if dane else SocketmapServer(resolver)
+            if dane:
+                from mtasts.socketmap.answers import DANE_ONLY_NETSTRING
+                state = DANE_ONLY_NETSTRING if kind == "socketmap-dane-only" else None
                 for name in names:
-                    server._dane.states[name] = (float("inf"), None)
+                    server._dane.states[name] = (float("inf"), state)
             quick = server._quick
             for payload in [b"postfix " + name.encode() for name in order]:
                 quick(payload)

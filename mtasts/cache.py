@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from .clock import SteadyClock
 from .decision import refresh_after
-from .policy import Policy
+from .policy import Mode, Policy
 
 __all__ = ["CacheEntry", "ExpiringCache", "PolicyCache", "hot_readers"]
 
@@ -146,6 +146,16 @@ class PolicyCache:
     @property
     def distinct_policies(self) -> int:
         return len(self._policy_index)
+
+    def census(self) -> dict[Mode, tuple[int, int]]:
+        """Per mode: (domains cached, distinct policies). O(distinct policies): from the policy table's counts."""
+        counts: dict[Mode, tuple[int, int]] = {}
+        refcounts = self._refcounts
+        for index, policy in enumerate(self.policies):
+            if policy is not None:
+                domains, policies = counts.get(policy.mode, (0, 0))
+                counts[policy.mode] = (domains + refcounts[index], policies + 1)
+        return counts
 
     # -- writes ---------------------------------------------------------------------------------------------------
 

@@ -159,7 +159,7 @@ def _check(args: argparse.Namespace) -> int:
 def register_serve_socketmap(commands: Any) -> None:
     """``mtasts serve-socketmap`` (:func:`mtasts.socketmap.run`); flags override the configuration file."""
     from .resolver import DNS_ERROR_MODES  # noqa: PLC0415 - the async shell loads only when a parser is built
-    from .socketmap.config import EVENT_LOOPS, LOG_LEVELS  # noqa: PLC0415
+    from .socketmap.config import EVENT_LOOPS, LOG_FORMATS, LOG_LEVELS  # noqa: PLC0415
 
     parser = commands.add_parser(
         "serve-socketmap",
@@ -176,6 +176,14 @@ def register_serve_socketmap(commands: Any) -> None:
         "--cache-size", metavar="N", type=positive_count, help="policies kept in memory (default 100000)"
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line (docs/operations.md)"
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve GET /metrics (Prometheus; pip install 'mtasts[metrics]') and GET /healthz there (default off)",
+    )
     parser.add_argument(
         "--max-connections",
         metavar="N",
@@ -250,6 +258,8 @@ def serve_socketmap_config(args: argparse.Namespace) -> ServerConfig:
         control_socket=args.control,
         user=args.user,
         group=args.group,
+        metrics_listen=args.metrics,
+        log_format=args.log_format,
     )
 
 

@@ -69,6 +69,7 @@ from .domain import is_address_literal, normalize_domain
 from .errors import LocalError, LookupDeferredError, MTASTSError, UsageError
 from .fetch import PolicyFetcher
 from .policy import Mode, Policy, parse_policy
+from .stats import ResolverStats, cached_mode, policy_change
 from .stores._base import PolicyStore, StoredPolicy
 from .stores._link import StoreLink, StoreUnavailable
 from .stores.fleet import FleetUnavailable, Lease, RedisFleet, SharedNegative
@@ -323,6 +324,8 @@ class PolicyResolver:
         self._background: asyncio.Task[None] | None = None
         self._next_refresh_at = -math.inf  # no refresh is due before this time (refresh_due's fast exit)
         self._closed = False
+        #: what this resolver counted off its hot path (:class:`~mtasts.stats.ResolverStats`; read by metrics)
+        self.stats = ResolverStats()
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -686,6 +689,20 @@ class PolicyResolver:
         )
         return PurgeResult(key, policy, negative, backoff, store, len(seen), unfinished)
 
+    def cache_by_mode(self) -> dict[Mode, tuple[int, int]]:
+        """Per mode: (domains cached, distinct policies) — expired entries too, until they are dropped."""
+        return self._cache.census()
+
+    @property
+    def negative_cache_size(self) -> int:
+        """Domains whose "no policy" (or failure) answer is remembered."""
+        return len(self._negative)
+
+    @property
+    def store_link(self) -> StoreLink | None:
+        """The store as the resolver uses it (its outage state and counters), or None without a store."""
+        return self._store
+
     # -- internals ------------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -763,8 +780,8 @@ class PolicyResolver:
             def _done(done: asyncio.Future[PolicyLookup], flight: tuple[str, str] = flight) -> None:
                 if self._inflight.get(flight) is done:
                     del self._inflight[flight]
-                if not done.cancelled():
-                    done.exception()  # retrieved: never "exception was never retrieved"
+                if not done.cancelled() and done.exception() is None:  # retrieved: never "was never retrieved"
+                    self.stats.lookups[(kind, done.result().status.value)] += 1
 
             future.add_done_callback(_done)
         try:
@@ -808,6 +825,8 @@ class PolicyResolver:
             if row is not None and (entry is None or self._steady.from_wall(row.fetched_at or 0.0) > entry.fetched_at):
                 self._adopt(row, now, {})
                 adopted = self._cache.get(key)
+                if adopted is not None:  # (logged if it is another policy than the one cached)
+                    self._policy_changed(key, entry, adopted.policy, adopted.policy_id, "stored")
                 if adopted is not None and not adopted.is_expired(now):
                     entry = adopted
                     if refresh and now < entry.fetched_at + self._refresh_after(entry.policy):
@@ -816,6 +835,7 @@ class PolicyResolver:
                         return self._cached_lookup(key, entry)  # fetched elsewhere, TXT checked recently
         if entry is not None and entry.is_expired(now):
             self._cache.pop(key)  # §3.3: an expired policy is never used, not even as a fallback
+            self._policy_expired(key, entry)
             entry = None
             self._persist(key)
         if self._fleet is not None and entry is None and not refresh and unread is None:
@@ -940,13 +960,17 @@ class PolicyResolver:
         if failure is not None and backed_off(failure.policy_id, failure.retry_after, policy_id, self._now()):
             outcome, result_type, error = FetchOutcome.BACKED_OFF, failure.result_type, failure.error
         else:
+            mode = cached_mode(entry.policy if entry is not None else None)
             try:
                 policy = await self._fetcher.fetch(key)
             except LocalError as exc:  # this machine's trouble, not the domain's
                 outcome, error = FetchOutcome.LOCAL_ERROR, exc.message
+                self.stats.fetches[("local-error", mode)] += 1
             except MTASTSError as exc:
                 outcome, result_type, error = FetchOutcome.FAILED, exc.result_type, exc.message
+                self.stats.fetches[(result_type or "unknown", mode)] += 1
             else:
+                self.stats.fetches[("success", mode)] += 1
                 return self._fetched(key, policy, policy_id)
         decision = after_fetch(outcome, cached=entry is not None, store_unread=unread is not None)
         if decision.back_off:
@@ -964,6 +988,7 @@ class PolicyResolver:
 
     def _fetched(self, key: str, policy: Policy, policy_id: str) -> PolicyLookup:
         fetched_at = self._now()
+        self._policy_changed(key, self._cache.get(key), policy, policy_id, "fetched")
         self._negative.pop(key)
         self._failures.pop(key, None)
         if caches(policy.max_age):
@@ -998,6 +1023,44 @@ class PolicyResolver:
             self._remember(key, lookup, decision)
         return lookup
 
+    def _policy_changed(self, key: str, old: CacheEntry | None, policy: Policy, policy_id: str, source: str) -> None:
+        """Count and log (INFO) what a fetched (or stored: another process's) policy changes: a domain's first
+        policy, a new id, another mode, another policy under the same id. The same policy again logs nothing."""
+        change = policy_change(old.policy if old else None, old.policy_id if old else None, policy, policy_id)
+        if change is None:
+            return
+        self.stats.changes[change] += 1
+        extra = {"event": "policy-changed", "domain": key, "change": change, "policy_id": policy_id,
+                 "mode": policy.mode.value, "source": source}  # fmt: skip
+        if old is None:
+            log.info("MTA-STS policy for %s: id %s, mode %s (%s)", key, policy_id, policy.mode.value, source,
+                     extra=extra)  # fmt: skip
+            return
+        extra.update(old_policy_id=old.policy_id, old_mode=old.policy.mode.value)
+        log.info(
+            "MTA-STS policy for %s changed (%s): id %s -> %s, mode %s%s (%s)",
+            key,
+            change,
+            old.policy_id,
+            policy_id,
+            old.policy.mode.value,
+            f" -> {policy.mode.value}" if policy.mode is not old.policy.mode else "",
+            source,
+            extra=extra,
+        )
+
+    def _policy_expired(self, key: str, entry: CacheEntry) -> None:
+        """A cached policy past its max_age, dropped (§3.3): counted and logged at INFO."""
+        self.stats.changes["expired"] += 1
+        log.info(
+            "MTA-STS policy for %s expired (id %s, mode %s): no longer applied",
+            key,
+            entry.policy_id,
+            entry.policy.mode.value,
+            extra={"event": "policy-expired", "domain": key, "change": "expired", "policy_id": entry.policy_id,
+                   "mode": entry.policy.mode.value},
+        )  # fmt: skip
+
     def _remember(self, key: str, lookup: PolicyLookup, decision: Decision) -> None:
         """Keep a negative answer for its TTL; answered from memory, it says ``from_cache``."""
         assert decision.remember is not None
@@ -1019,7 +1082,9 @@ class PolicyResolver:
             error,
             result_type,
             f"; the cached {cached.mode.value} policy still applies" if cached is not None else "",
-        )
+            extra={"event": "fetch-failed", "domain": key, "policy_id": policy_id, "result_type": result_type,
+                   "cached_mode": cached_mode(cached)},
+        )  # fmt: skip
         for callback in (self._on_fetch_failure, self._on_refresh_failure if refresh and alert else None):
             if callback is not None:
                 _call_safely(callback, failure)

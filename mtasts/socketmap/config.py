@@ -23,13 +23,16 @@ __all__ = [
     "DEFAULT_PORT",
     "DESCRIPTOR_RESERVE",
     "EVENT_LOOPS",
+    "LOG_FORMATS",
     "LOG_LEVELS",
+    "METRICS_PORT",
     "TOML_KEYS",
     "DescriptorPlan",
     "ServerConfig",
     "load_config",
     "override",
     "parse_listen",
+    "parse_metrics_listen",
     "plan_descriptors",
 ]
 
@@ -38,6 +41,12 @@ DEFAULT_PORT: Final = 8461
 
 #: ``log_level`` values (``--log-level`` choices).
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+#: ``log_format`` values (``--log-format`` choices): lines of text, or one JSON object per line.
+LOG_FORMATS: Final = ("text", "json")
+
+#: The TCP port of ``metrics_listen`` when none is given.
+METRICS_PORT: Final = 8463  # (8462 is serve-http's)
 
 #: ``event_loop`` values (``--event-loop`` choices): the standard library's loop, or uvloop (the ``fast`` extra).
 EVENT_LOOPS: Final = ("asyncio", "uvloop")
@@ -82,6 +91,8 @@ class ServerConfig:
     overrides: dict[str, Override] = dataclasses.field(default_factory=dict)
     user: str | None = None  # run as this user after binding (the daemon must start as root): --user
     group: str | None = None  # and this group (default: the user's primary group): --group
+    metrics_listen: str | None = None  # HOST:PORT for GET /metrics (Prometheus; the metrics extra) and /healthz
+    log_format: str = "text"  # text | json (one object per line)
 
     def __post_init__(self) -> None:
         for name, expected in _FIELD_TYPES.items():
@@ -119,6 +130,10 @@ class ServerConfig:
             raise UsageError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise UsageError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
+        if self.metrics_listen is not None:
+            parse_metrics_listen(self.metrics_listen)
         from ..stores import check_store_spec  # noqa: PLC0415 - the stores load sqlite3 only when serving
 
         check_store_spec(self.store)
@@ -172,10 +187,13 @@ _FIELD_TYPES: dict[str, type] = {
     "overrides": dict,
     "user": str,
     "group": str,
+    "metrics_listen": str,
+    "log_format": str,
 }
 _OPTIONAL = frozenset(
-    {"unix_path", "unix_mode", "nameserver", "cafile", "max_connections", "control_socket", "user", "group"}
-)
+    {"unix_path", "unix_mode", "nameserver", "cafile", "max_connections", "control_socket", "user", "group",
+     "metrics_listen"}
+)  # fmt: skip
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
 #: TOML keys that are not field names.
 _TOML_ALIASES = {"listen": None, "unix": "unix_path"}
@@ -193,6 +211,12 @@ def _is_type(value: object, expected: type) -> bool:
 def parse_listen(text: str) -> tuple[str, int]:
     """``127.0.0.1:8461``, ``[::1]:8461``, ``localhost:8461`` → (host, port); a missing port means 8461."""
     return parse_host_port(text, what="listen address", default_port=DEFAULT_PORT, port_zero=True)
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """``metrics_listen``: ``127.0.0.1:8463``, ``[::1]:8463``, port 0 (the system picks) → (host, port); a missing
+    port means 8463."""
+    return parse_host_port(text, what="metrics address", default_port=METRICS_PORT, port_zero=True)
 
 
 def load_config(path: str | os.PathLike[str]) -> ServerConfig:

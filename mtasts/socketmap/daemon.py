@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
+from ..logs import configure_logging
 from ..resolver import PolicyResolver
-from .config import DescriptorPlan, ServerConfig, plan_descriptors
+from .config import DescriptorPlan, ServerConfig, parse_metrics_listen, plan_descriptors
 from .privileges import drop_privileges, resolve_identity
 from .reload import ReloadPlan, plan_reload
 from .server import SocketmapServer
@@ -29,6 +30,8 @@ from .systemd import Notifier, activated_socket, watchdog_interval
 
 if TYPE_CHECKING:
     from ..control.server import ControlServer
+    from .metrics import DaemonCollector
+    from .monitor import MonitorListener
 
 __all__ = ["build_resolver", "event_loop_factory", "raise_nofile_limit", "run", "serve"]
 
@@ -92,11 +95,15 @@ async def serve(
     ``reload`` (the configuration file again, with the command line's flags on top) and applies what can change
     live. On the way out: ``STOPPING=1``, the server finishes its requests (``shutdown_grace``), the resolver
     flushes the store. ``environ`` (default ``os.environ``) holds systemd's variables.
+    With ``metrics_listen``, ``/metrics`` and ``/healthz`` are served from before the store is restored (503:
+    starting) until the end (503 from the moment shutdown begins): :mod:`mtasts.socketmap.monitor`.
     """
 
     environ = os.environ if environ is None else environ
     identity = resolve_identity(config.user, config.group) if config.user is not None else None
     activated = activated_socket(environ, os.getpid())
+    if config.metrics_listen is not None:
+        _check_metrics_extra()
     plan = plan_descriptors(
         raise_nofile_limit(),
         max_connections=config.max_connections,
@@ -119,6 +126,7 @@ async def serve(
     )
     resolver = build_resolver(config, plan)  # its store opens nothing yet: the first use does, after the drop
     notifier = Notifier.from_environ(environ)
+    monitor: _Monitor | None = None
     try:
         server = SocketmapServer(
             resolver,
@@ -145,6 +153,8 @@ async def serve(
             raise MTASTSError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         control: ControlServer | None = None
         try:
+            if config.metrics_listen is not None:  # bound before the drop (a port below 1024 needs root)
+                monitor = await _start_monitor(config.metrics_listen, config.event_loop, resolver)
             if identity is not None and not drop_privileges(identity):
                 log.info("already running as user %s: --user changes nothing", identity.user)
             await resolver.start()
@@ -165,7 +175,11 @@ async def serve(
                     if config.dane
                     else "off",
                     len(config.overrides),
+                    extra={"event": "listening", "address": server.address},
                 )
+                if monitor is not None:
+                    monitor.collector.server = server
+                    monitor.listener.state = "serving"
                 notifier.ready(f"listening on {server.address}")
                 if ready is not None:
                     ready(server)
@@ -173,6 +187,8 @@ async def serve(
                 with _watchdog(notifier, interval):
                     await _until(signalled, stop)
         finally:
+            if monitor is not None:
+                monitor.listener.state = "stopping"
             notifier.stopping()
             log.info(
                 "shutting down (%d requests, %d connections, %d idle ones closed to make room, %d refused)",
@@ -180,13 +196,58 @@ async def serve(
                 server.connections,
                 server.evicted,
                 server.rejected,
+                extra={"event": "stopping"},
             )
             if control is not None:
                 await control.aclose()
             await server.aclose(running.config.shutdown_grace)
     finally:
+        if monitor is not None:
+            monitor.listener.state = "stopping"
         notifier.close()
         await resolver.aclose()
+        if monitor is not None:
+            await monitor.listener.aclose()
+
+
+# -- the monitoring listener (metrics_listen) -----------------------------------------------------------------
+
+
+class _Monitor:
+    """The listener and the collector it serves (whose ``server`` is set once the server listens)."""
+
+    def __init__(self, listener: MonitorListener, collector: DaemonCollector) -> None:
+        self.listener, self.collector = listener, collector
+
+
+def _check_metrics_extra() -> None:
+    """A clear :class:`UsageError` when prometheus-client (the metrics extra) is missing."""
+    try:
+        import prometheus_client  # noqa: F401, PLC0415 - optional (the metrics extra)
+    except ImportError:
+        raise UsageError("metrics_listen (--metrics) needs prometheus-client: pip install 'mtasts[metrics]'") from None
+
+
+async def _start_monitor(metrics_listen: str, event_loop: str, resolver: PolicyResolver) -> _Monitor:
+    """Listen on ``metrics_listen`` (503 until the server listens); logs the address (``metrics-listening``)."""
+    from prometheus_client import generate_latest  # noqa: PLC0415 - optional (the metrics extra)
+
+    from .metrics import DaemonCollector, metrics_registry  # noqa: PLC0415
+    from .monitor import MonitorListener  # noqa: PLC0415 - aiohttp's server loads only with metrics_listen
+
+    host, port = parse_metrics_listen(metrics_listen)
+    collector = DaemonCollector(resolver, event_loop=event_loop)
+    registry = metrics_registry(collector)
+
+    def store_up() -> bool:
+        link = resolver.store_link
+        return link is None or not link.down
+
+    listener = MonitorListener(host, port, metrics=lambda: generate_latest(registry), store_up=store_up)
+    await listener.start()
+    log.info("metrics on %s/metrics, health on %s/healthz", listener.address, listener.address,
+             extra={"event": "metrics-listening", "address": listener.address})  # fmt: skip
+    return _Monitor(listener, collector)
 
 
 class _Running:
@@ -398,7 +459,7 @@ def run(config: ServerConfig, *, reload: Callable[[], ServerConfig] | None = Non
     """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped, on the event loop
     ``config.event_loop`` names (SIGHUP: ``reload``); 1 on a failure. An unknown ``user`` or ``group`` raises
     :class:`~mtasts.errors.UsageError` before anything starts."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     if config.user is not None:
         resolve_identity(config.user, config.group)
     try:

@@ -53,6 +53,7 @@ from .answers import (
 from .exim import EximLookup, EximMap, Outcome, exim_request
 from .exim_answers import EXIM_MAP_NAME
 from .overrides import OVERRIDE_KINDS, Override, check_overrides
+from .tally import LATENCY_BUCKETS, Tally, answer_kind
 
 __all__ = ["SocketmapServer"]
 
@@ -114,9 +115,10 @@ class _Dane:
     clock: Callable[[], float]
     states: dict[str, tuple[float, bytes | None]] = dataclasses.field(default_factory=dict)
     inflight: dict[str, asyncio.Future[bytes | None]] = dataclasses.field(default_factory=dict)
-    # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for); one per answer kind
-    replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
-    tlsrpt_replies: dict[str, tuple[float, bytes, Policy]] = dataclasses.field(default_factory=dict)
+    # The hit path's memo: domain as asked -> (expiry, the reply, the policy it was made for — None for OK dane-only,
+    # which stands whatever the enforce policy: the hit path tells the two kinds apart by it); one per answer kind
+    replies: dict[str, tuple[float, bytes, Policy | None]] = dataclasses.field(default_factory=dict)
+    tlsrpt_replies: dict[str, tuple[float, bytes, Policy | None]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -205,7 +207,8 @@ class SocketmapServer:
     Counters: ``requests``, ``connections`` (admitted), ``rejected`` (closed at once: no room), ``evicted``
     (idle connections closed to make room), ``errors`` (malformed input, internal errors), ``timeouts`` (TEMP
     answers after ``request_timeout``), ``deferred`` (TEMP answers for lookups that cannot answer now: a local
-    fault, or a DNS failure under ``dns_error = "defer"``).
+    fault, or a DNS failure under ``dns_error = "defer"``); the answers by kind and the lookups' latency:
+    :meth:`answers`, :meth:`latency` (:mod:`mtasts.socketmap.tally`: a cache hit pays nothing for them).
 
     A request on the map name ``QUERYwithTLSRPT`` — on every name with ``tlsrpt=True`` — is answered, for an
     enforce policy, with the TLS-RPT attributes of Postfix >= 3.10 after the policy (docs/postfix.md, "TLS-RPT
@@ -275,13 +278,11 @@ class SocketmapServer:
         self.max_connections = max_connections
         self.first_request_timeout = float(first_request_timeout)
         self._listen = _Listen(port, unix_mode, accept_batch, max(listen_queue, accept_batch), sock)
-        self.requests = 0
+        self._secure_hits = 0  # secure answers from memory (the hot path's one increment: mtasts.socketmap.tally)
         self.connections = 0
         self.rejected = 0
         self.evicted = 0
-        self.errors = 0
-        self.timeouts = 0
-        self.deferred = 0
+        self._tally = Tally()  # the answers by kind, latency, errors, timeouts, deferred: one attribute (see below)
         # The memo of encoded replies: policy -> the plain reply; (domain as asked, policy) -> the TLS-RPT reply
         # (policies are interned across domains, but a TLS-RPT reply names its domain). With tlsrpt=True no policy
         # key is ever stored, so the plain name's hits fall through to _remember, which gives the TLS-RPT reply.
@@ -329,6 +330,49 @@ class SocketmapServer:
     def dane(self) -> bool:
         """True when enforce domains whose MX hosts have validated TLSA records are answered ``OK dane-only``."""
         return self._dane is not None
+
+    # -- counters (kept in the tally: one instance attribute, see __init__) --------------------------------------
+
+    @property
+    def errors(self) -> int:
+        return self._tally.errors
+
+    @errors.setter
+    def errors(self, value: int) -> None:
+        self._tally.errors = value
+
+    @property
+    def timeouts(self) -> int:
+        return self._tally.timeouts
+
+    @timeouts.setter
+    def timeouts(self, value: int) -> None:
+        self._tally.timeouts = value
+
+    @property
+    def deferred(self) -> int:
+        return self._tally.deferred
+
+    @deferred.setter
+    def deferred(self, value: int) -> None:
+        self._tally.deferred = value
+
+    @property
+    def requests(self) -> int:
+        """Requests received (answered from memory, or handed to a lookup)."""
+        return self._tally.requests(self._secure_hits)
+
+    def answers(self) -> dict[str, int]:
+        """Requests answered so far by kind: ``secure``, ``notfound``, ``temp``, ``perm``, ``dane`` (a request
+        whose lookup is still running, or whose connection closed before it ended, is in none)."""
+        return self._tally.answers(self._secure_hits)
+
+    def latency(self) -> tuple[tuple[float, ...], list[int], float]:
+        """The answers' latency as a histogram: the buckets' upper bounds (seconds), the cumulative counts (one
+        more: +Inf), the sum of seconds. Answers from memory count in the first bucket as 0 seconds; lookups as
+        measured, from the request to the answer."""
+        cumulative, seconds = self._tally.latency(self._secure_hits)
+        return LATENCY_BUCKETS, cumulative, seconds
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -633,14 +677,23 @@ class SocketmapServer:
         return reply[reply.index(b":") + 1 : -1]
 
     def _quick(self, payload: bytes) -> bytes | str:
-        """The encoded reply when memory can answer, else the normalised domain to look up."""
-        self.requests += 1
+        """The encoded reply when memory can answer, else the normalised domain to look up.
+
+        Each request is counted once, by kind, where its answer is made — a domain to look up as a lookup
+        (:mod:`mtasts.socketmap.tally`): a reply added to this path must be counted too.
+        """
         try:
             return self._quick_unguarded(payload)
         except Exception:
             self.errors += 1
+            self._tally.temp += 1
             log.exception("internal error answering %r", payload[:200])
             return TEMP_INTERNAL_NETSTRING
+
+    def _notfound(self) -> bytes:
+        """NOTFOUND, counted (for the paths that return it before the cache is read)."""
+        self._tally.notfound += 1
+        return NOTFOUND_NETSTRING
 
     def _quick_unguarded(self, payload: bytes) -> bytes | str:
         # The documented map name, "postfix", is recognised by the split itself (a payload starting "postfix " has
@@ -652,35 +705,45 @@ class SocketmapServer:
         try:
             key = raw_key.decode()
         except UnicodeDecodeError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if key and key[0] not in ".[" and ":" not in key:
             domain = key  # the common case: a plain domain (cached_policy normalises it)
         else:
             try:
                 parsed = parse_key(key)
             except DomainError:
-                return NOTFOUND_NETSTRING
+                return self._notfound()
             if parsed is None:
-                return NOTFOUND_NETSTRING
+                return self._notfound()
             domain = parsed
         cached_policy = self._cached_policy  # an attribute load, not a method lookup (see __init__)
         try:
             policy = cached_policy(domain)
         except DomainError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if policy is NOT_CACHED:
-            return normalize_domain(domain)
+            return self._lookup(normalize_domain(domain))
         if policy is None:
+            self._tally.notfound += 1
             return NOTFOUND_NETSTRING
-        return self._replies.get(policy) or self._remember(policy, domain)
+        reply = self._replies.get(policy)  # only OK secure replies are memoised under a policy
+        if reply is not None:
+            self._secure_hits += 1
+            return reply
+        return self._remember(policy, domain)
 
     def _quick_named(self, payload: bytes) -> bytes | str:
         """:meth:`_quick_unguarded` for any map name: the TLS-RPT one gets the TLS-RPT reply (or lookup)."""
         name, space, raw_key = payload.partition(b" ")
         if not space or not name:
+            self._tally.perm += 1
             return PERM_REQUEST_NETSTRING
         if name == EXIM_MAP_NAME:  # Exim's ${readsocket}: the MX hosts an enforce policy allows (docs/exim.md)
-            return exim_request(self._cached_policy, raw_key)
+            request = exim_request(self._cached_policy, raw_key)
+            if isinstance(request, str):  # the MX hosts are needed: always a lookup
+                return self._lookup(request)
+            self._tally.notfound += 1  # (exim_request settles only NOTFOUND from memory)
+            return request
         if name == SENDMAIL_MAP_NAME:  # sendmail's FEATURE(`sts'): the plain answer only (docs/sendmail.md)
             return self._quick_plain(raw_key)
         tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
@@ -688,43 +751,72 @@ class SocketmapServer:
             key = raw_key.decode()
             domain = parse_key(key)
         except (UnicodeDecodeError, DomainError):
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if domain is None:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         try:
             policy = self._cached_policy(domain)
         except DomainError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if policy is NOT_CACHED:
-            return _TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain)
+            return self._lookup(_TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain))
         if policy is None:
-            return NOTFOUND_NETSTRING
-        if tlsrpt:
-            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        return self._replies.get(policy) or self._remember(policy, domain)
+            return self._notfound()
+        reply = self._replies.get((domain, policy) if tlsrpt else policy)
+        if reply is not None:
+            self._secure_hits += 1
+            return reply
+        return self._remember_tlsrpt(domain, policy) if tlsrpt else self._remember(policy, domain)
+
+    def _lookup(self, domain: str) -> str:
+        """``domain`` to look up (a lookup counted: its answer is counted when it ends)."""
+        self._tally.lookups += 1
+        return domain
 
     def _quick_plain(self, raw_key: bytes) -> bytes | str:
         """:meth:`_quick_named` for sendmail's map: the plain reply from memory, or the domain to look up."""
         try:
             domain = parse_key(raw_key.decode())
         except (UnicodeDecodeError, DomainError):
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if domain is None:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         try:
             policy = self._cached_policy(domain)
         except DomainError:
-            return NOTFOUND_NETSTRING
+            return self._notfound()
         if policy is NOT_CACHED:
-            return _PlainLookup(normalize_domain(domain))
+            return self._lookup(_PlainLookup(normalize_domain(domain)))
         if policy is None:
-            return NOTFOUND_NETSTRING
-        return self._plain_reply(policy)
+            return self._notfound()
+        reply = self._plain_reply(policy)
+        if policy.mode is Mode.ENFORCE:
+            self._secure_hits += 1
+        else:
+            self._tally.notfound += 1
+        return reply
 
     def _plain_reply(self, policy: Policy) -> bytes:
+        """The plain answer for ``policy`` (``NOTFOUND `` unless it is an enforce policy), memoised."""
         return self._replies.get((_PLAIN, policy)) or self._memo((_PLAIN, policy), policy_reply(policy))
 
     async def _slow(self, domain: str) -> bytes:
+        """:meth:`_look_up`, its answer counted by kind with its latency (and logged at DEBUG); the request was
+        counted a lookup when :meth:`_quick` handed it on."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await self._look_up(domain)
+        seconds = loop.time() - started
+        self._tally.answered(reply, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            text = reply[reply.find(b":") + 1 : -1][:200].decode("utf-8", "replace")
+            log.debug(
+                "%s: %s (looked up in %.3f s)", domain, text, seconds,
+                extra={"event": "answer", "domain": str(domain), "answer": answer_kind(reply), "duration": seconds},
+            )  # fmt: skip
+        return reply
+
+    async def _look_up(self, domain: str) -> bytes:
         """The encoded reply after a lookup (TEMP when it outlasts ``request_timeout``, or cannot answer now); an
         overridden domain's reply, without one (on the ``exim`` map only ``policy = "none"`` applies: an answer is
         Postfix's)."""
@@ -782,12 +874,13 @@ class SocketmapServer:
                 log.exception("DANE lookup for %s failed", domain)
                 return TEMP_INTERNAL_NETSTRING
             return reply or self._sts_reply(str(domain), policy, tlsrpt)
+        # Not through _remember, which counts the answers it makes (this one is counted by _slow); never a NOTFOUND
+        # memoised under a policy, where the hit path takes every reply for OK secure.
+        if policy.mode is not Mode.ENFORCE:
+            return NOTFOUND_NETSTRING
         if type(domain) is _TlsrptLookup or self._tlsrpt_every_name:
-            answer = self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        else:
-            answer = self._replies.get(policy) or self._remember(policy, domain)
-        assert isinstance(answer, bytes)  # a domain to look up comes back only for DANE, handled above
-        return answer
+            return self._replies.get((domain, policy)) or self._memo_tlsrpt(domain, policy)
+        return self._replies.get(policy) or self._memo(policy, policy_reply(policy))
 
     async def _exim_answer(self, domain: EximLookup) -> bytes:
         """The ``exim`` map's reply for ``domain`` (:class:`~mtasts.socketmap.exim.EximMap`), counted."""
@@ -802,26 +895,58 @@ class SocketmapServer:
 
     def _remember(self, policy: Policy, domain: str) -> bytes | str:
         """The plain reply for ``policy``, memoised — or, with ``tlsrpt``, the TLS-RPT reply for ``domain``; with
-        DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known)."""
+        DANE and an enforce policy, the domain's DANE answer (a domain to look up when it is not known).
+
+        Each answer is counted here (``testing`` and ``none``: NOTFOUND, never memoised — the memo under a policy
+        holds only ``OK secure`` replies, so that the hit path knows what it answers)."""
+        if policy.mode is not Mode.ENFORCE:
+            self._tally.notfound += 1
+            return NOTFOUND_NETSTRING
         dane = self._dane
-        if dane is not None and policy.mode is Mode.ENFORCE:
+        if dane is not None:
             memo = dane.tlsrpt_replies if self._tlsrpt_every_name else dane.replies
             entry = memo.get(domain)
-            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                return entry[1]
+            if entry is not None:
+                if entry[2] is policy and entry[0] > dane.clock():  # MTA-STS's reply
+                    self._secure_hits += 1
+                    return entry[1]
+                if entry[2] is None and entry[0] > dane.clock():  # OK dane-only
+                    self._tally.dane += 1
+                    return entry[1]
             return self._dane_quick(domain, policy, self._tlsrpt_every_name)
-        if self._tlsrpt_every_name:
-            return self._replies.get((domain, policy)) or self._remember_tlsrpt(domain, policy)
-        return self._memo(policy, policy_reply(policy))
+        if self._tlsrpt_every_name:  # the plain name's hits: no policy key is memoised with tlsrpt=True
+            reply = self._replies.get((domain, policy))
+            if reply is not None:
+                self._secure_hits += 1
+                return reply
+            return self._remember_tlsrpt(domain, policy)
+        reply = self._memo(policy, policy_reply(policy))
+        self._secure_hits += 1
+        return reply
 
     def _remember_tlsrpt(self, domain: str, policy: Policy) -> bytes | str:
-        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's)."""
+        """The TLS-RPT reply for ``domain`` (as asked: normalised here) and ``policy``, memoised (or DANE's);
+        counted (as in :meth:`_remember`)."""
+        if policy.mode is not Mode.ENFORCE:
+            self._tally.notfound += 1
+            return NOTFOUND_NETSTRING
         dane = self._dane
-        if dane is not None and policy.mode is Mode.ENFORCE:
+        if dane is not None:
             entry = dane.tlsrpt_replies.get(domain)
-            if entry is not None and entry[2] is policy and entry[0] > dane.clock():
-                return entry[1]
+            if entry is not None:
+                if entry[2] is policy and entry[0] > dane.clock():  # MTA-STS's reply (as in _remember)
+                    self._secure_hits += 1
+                    return entry[1]
+                if entry[2] is None and entry[0] > dane.clock():  # OK dane-only
+                    self._tally.dane += 1
+                    return entry[1]
             return self._dane_quick(domain, policy, True)
+        reply = self._memo_tlsrpt(domain, policy)
+        self._secure_hits += 1
+        return reply
+
+    def _memo_tlsrpt(self, domain: str, policy: Policy) -> bytes:
+        """The TLS-RPT reply for ``domain`` (as asked) and the enforce ``policy``, memoised."""
         return self._memo((str(domain), policy), tlsrpt_reply(policy, normalize_domain(domain)))
 
     # -- DANE first ---------------------------------------------------------------------------------------------
@@ -829,19 +954,24 @@ class SocketmapServer:
     # such hits fall through to _remember / _remember_tlsrpt, and from there here.
 
     def _dane_quick(self, domain: str, policy: Policy, tlsrpt: bool) -> bytes | str:
-        """The answer from the domain's remembered DANE state (memoised for the hit path), or the domain to look
-        up (unknown or expired)."""
+        """The answer from the domain's remembered DANE state (memoised for the hit path: ``OK dane-only`` with no
+        policy, MTA-STS's reply with the policy it was made for), or the domain to look up (unknown or expired)."""
         dane = self._dane
         assert dane is not None
         entry = dane.states.get(domain)
         if entry is None or entry[0] <= dane.clock():
             normalized = normalize_domain(domain)
-            return _TlsrptLookup(normalized) if tlsrpt else normalized
-        reply = entry[1] or self._sts_reply(domain, policy, tlsrpt)
+            return self._lookup(_TlsrptLookup(normalized) if tlsrpt else normalized)
         memo = dane.tlsrpt_replies if tlsrpt else dane.replies
         if len(memo) >= _DANE_CACHE_SIZE:
             memo.clear()
+        if entry[1] is not None:
+            memo[domain] = (entry[0], entry[1], None)
+            self._tally.dane += 1
+            return entry[1]
+        reply = self._sts_reply(domain, policy, tlsrpt)
         memo[domain] = (entry[0], reply, policy)
+        self._secure_hits += 1
         return reply
 
     @staticmethod

@@ -73,21 +73,34 @@ class StoreLink:
     def writable(self) -> bool:
         return self._up("write")
 
+    @property
+    def down(self) -> tuple[str, ...]:
+        """``"read"``, ``"write"``: the operations in an outage — their last attempt failed, and none has
+        succeeded since (a retry is due once ``retry_after`` has passed; reads are retried on the next lookup)."""
+        return tuple(kind for kind, until in self._down_until.items() if until is not None)
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the store."""
+        return len(self._pending)
+
     def _failed(self, kind: str, what: str, exc: BaseException) -> None:
         if self._down_until[kind] is None:
             self.outages += 1
             log.warning(
                 "policy store %s failed (%s: %s): serving from memory, retrying %ss every %g s",
                 what, type(exc).__name__, exc, kind, self._retry_after,
+                extra={"event": "store-down", "operation": kind},
             )  # fmt: skip
         self._down_until[kind] = self._monotonic() + self._retry_after
 
     def _succeeded(self, kind: str) -> None:
         if self._down_until[kind] is not None:
+            extra = {"event": "store-up", "operation": kind}
             if kind == "write":
-                log.info("policy store writes work again; %d pending writes follow", len(self._pending))
+                log.info("policy store writes work again; %d pending writes follow", len(self._pending), extra=extra)
             else:
-                log.info("policy store reads work again")
+                log.info("policy store reads work again", extra=extra)
             self._down_until[kind] = None
 
     # -- reads --------------------------------------------------------------------------------------------------
