@@ -83,6 +83,13 @@ PAYLOADS = [
     b"postfix expired-cert.example",  # NOTFOUND: the fetch failed
     b"postfix dane.example",  # dane-only with DANE on, else secure
     b"QUERYwithTLSRPT dane.example",
+    b"sts enforce.example",  # sendmail's map: the plain answer, never dane-only
+    b"sts dane.example",
+    b"sts testing.example",
+    b"sts nopolicy.example",
+    b"exim testing.example",  # Exim's map: NOTFOUND from memory once cached
+    b"exim enforce.example",  # always a lookup (the MX hosts), then OK or TEMP
+    b"exim nopolicy.example",
 ]
 
 
@@ -471,3 +478,26 @@ def test_the_operations_examples_are_valid(tmp_path: Path) -> None:
     assert (config.metrics_listen, config.log_format) == ("127.0.0.1:8463", "json")
     [line] = [block for block in re.findall(r"```json\n(.*?)\n```", doc, re.DOTALL) if '"event"' in block]
     assert {"time", "level", "logger", "event", "message", "domain"} <= set(json.loads(line))
+
+
+async def test_overrides_show_up_in_the_metrics(world: World, resolver: PolicyResolver) -> None:
+    """Issue 17: overrides win over discovery and show up in metrics: mtasts_socketmap_overrides_total{kind}."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mtasts.socketmap import Override
+    from mtasts.socketmap.metrics import DaemonCollector
+
+    overrides = {"broken.example": Override.no_policy(), "fixed.example": Override.fixed("OK encrypt")}
+    async with SocketmapServer(resolver, port=0, overrides=overrides) as server:
+        collector = DaemonCollector(resolver, event_loop="asyncio")
+        collector.server = server
+        registry = CollectorRegistry()
+        registry.register(collector)
+        assert await server.answer(b"postfix broken.example") == b"NOTFOUND "
+        assert await server.answer(b"postfix broken.example") == b"NOTFOUND "
+        assert await server.answer(b"postfix fixed.example") == b"OK encrypt"
+        families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        used = {s.labels["kind"]: s.value for s in families["mtasts_socketmap_overrides"].samples}
+        assert used == {"none": 2.0, "answer": 1.0}
+        answers = {s.labels["answer"]: s.value for s in families["mtasts_socketmap_requests"].samples}
+        assert answers["notfound"] == 2.0 and answers["secure"] == 1.0  # counted as answers too

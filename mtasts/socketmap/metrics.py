@@ -85,6 +85,12 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "mtasts_socketmap_connections_open", "client connections open now", value=server.open_connections
         )
+        overrides = CounterMetricFamily(
+            "mtasts_socketmap_overrides", "requests answered by a TOML override, by kind", labels=["kind"]
+        )
+        for kind, count in server.overrides_used.items():
+            overrides.add_metric([kind], count)
+        yield overrides
 
     @staticmethod
     def _resolver_metrics(resolver: PolicyResolver) -> Iterator[Metric]:
