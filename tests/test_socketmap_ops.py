@@ -278,6 +278,55 @@ async def test_sighup_reloads_overrides_on_an_open_connection(world: World, tmp_
     assert world.requests("mta-sts.enforce.example") == 1  # fetched once: the cache survived every reload
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_sighup_moves_the_metrics_listener(world: World, tmp_path: Path) -> None:
+    """``metrics_listen`` changes live: the new listener serves before the old one closes; one that cannot bind
+    keeps the old one (logged at ERROR); removing the key stops it. Client connections stay open throughout."""
+    import aiohttp
+
+    first, second = free_port(), free_port()
+    config = tmp_path / "socketmap.toml"
+    config.write_text(f'listen = "127.0.0.1:0"\nstore = "memory"\nmetrics_listen = "127.0.0.1:{first}"\n')
+    async with daemon("--config", str(config), *world_flags(world)) as running, aiohttp.ClientSession() as http:
+        client = await connect(await running.port())
+        assert await client.ask("enforce.example") == SECURE
+
+        async def health(port: int) -> int | None:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    return response.status
+            except aiohttp.ClientConnectionError:
+                return None
+
+        assert await health(first) == 200
+        config.write_text(f'listen = "127.0.0.1:0"\nstore = "memory"\nmetrics_listen = "127.0.0.1:{second}"\n')
+        running.process.send_signal(signal.SIGHUP)
+        await running.expect(rf"reload: metrics on http://127\.0\.0\.1:{second}/metrics")
+        assert (await health(second), await health(first)) == (200, None)
+
+        with socket.socket() as taken:  # a port someone else holds: the listener stays where it is
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            config.write_text(f'listen = "127.0.0.1:0"\nstore = "memory"\nmetrics_listen = "127.0.0.1:{busy}"\n')
+            running.process.send_signal(signal.SIGHUP)
+            await running.expect(rf"ERROR .*reload: cannot serve metrics on 127\.0\.0\.1:{busy}")
+            assert await health(second) == 200
+
+        config.write_text('listen = "127.0.0.1:0"\nstore = "memory"\n')
+        running.process.send_signal(signal.SIGHUP)
+        await running.expect(r"reload: metrics off")
+        assert await health(second) is None
+        assert await client.ask("enforce.example") == SECURE  # the same connection, served all along
+        await client.close()
+        assert await running.stop() == 0
+
+
 async def test_sighup_without_a_configuration_file_changes_nothing(world: World) -> None:
     async with daemon("--listen", "127.0.0.1:0", "--store", "memory", *world_flags(world)) as running:
         port = await running.port()

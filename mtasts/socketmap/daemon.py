@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -154,7 +155,7 @@ async def serve(
         control: ControlServer | None = None
         try:
             if config.metrics_listen is not None:  # bound before the drop (a port below 1024 needs root)
-                monitor = await _start_monitor(config.metrics_listen, config.event_loop, resolver)
+                monitor = running.monitor = await _start_monitor(config.metrics_listen, config.event_loop, resolver)
             if identity is not None and not drop_privileges(identity):
                 log.info("already running as user %s: --user changes nothing", identity.user)
             await resolver.start()
@@ -187,6 +188,8 @@ async def serve(
                 with _watchdog(notifier, interval):
                     await _until(signalled, stop)
         finally:
+            await running.settle()
+            monitor = running.monitor  # (a reload may have moved it)
             if monitor is not None:
                 monitor.listener.state = "stopping"
             notifier.stopping()
@@ -216,8 +219,8 @@ async def serve(
 class _Monitor:
     """The listener and the collector it serves (whose ``server`` is set once the server listens)."""
 
-    def __init__(self, listener: MonitorListener, collector: DaemonCollector) -> None:
-        self.listener, self.collector = listener, collector
+    def __init__(self, listener: MonitorListener, collector: DaemonCollector, listen: str) -> None:
+        self.listener, self.collector, self.listen = listener, collector, listen
 
 
 def _check_metrics_extra() -> None:
@@ -247,7 +250,7 @@ async def _start_monitor(metrics_listen: str, event_loop: str, resolver: PolicyR
     await listener.start()
     log.info("metrics on %s/metrics, health on %s/healthz", listener.address, listener.address,
              extra={"event": "metrics-listening", "address": listener.address})  # fmt: skip
-    return _Monitor(listener, collector)
+    return _Monitor(listener, collector, metrics_listen)
 
 
 class _Running:
@@ -262,6 +265,8 @@ class _Running:
         load: Callable[[], ServerConfig] | None,
     ) -> None:
         self.config, self.server, self.plan, self.notifier, self.load = config, server, plan, notifier, load
+        self.monitor: _Monitor | None = None  # the metrics listener (metrics_listen), replaced by a reload
+        self._switching: asyncio.Task[None] | None = None
 
     def reload(self) -> None:
         """Read the configuration again and apply what can change live; on any failure keep the one in force."""
@@ -318,6 +323,41 @@ class _Running:
             self.server.set_overrides(config.overrides)
         if "log_level" in changed:
             logging.getLogger().setLevel(config.log_level.upper())  # run() configured the root logger
+        if "metrics_listen" in changed:
+            previous = self._switching
+            self._switching = asyncio.ensure_future(self._switch_metrics(previous, config.metrics_listen))
+
+    async def _switch_metrics(self, previous: asyncio.Task[None] | None, listen: str | None) -> None:
+        """The metrics listener moved to ``listen`` (or stopped): the new one listens before the old one closes; if
+        it cannot, the old one stays (and ``metrics_listen`` with it), logged at ERROR."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        old, new = self.monitor, None
+        if listen is not None:
+            try:
+                _check_metrics_extra()
+                new = await _start_monitor(listen, self.config.event_loop, self.server.resolver)
+            except (MTASTSError, OSError) as exc:
+                kept = old.listener.address if old is not None else "none"
+                log.error("reload: cannot serve metrics on %s (%s): keeping %s", listen, exc, kept)
+                self.config = dataclasses.replace(self.config, metrics_listen=self._listen_of(old))
+                return
+            new.collector.server = self.server
+            new.listener.state = "serving"
+        self.monitor = new
+        if old is not None:
+            old.listener.state = "stopping"
+            await old.listener.aclose()
+        log.info("reload: metrics %s", f"on {new.listener.address}/metrics" if new is not None else "off")
+
+    @staticmethod
+    def _listen_of(monitor: _Monitor | None) -> str | None:
+        return None if monitor is None else monitor.listen
+
+    async def settle(self) -> None:
+        """Wait for a metrics switch a reload started (at shutdown)."""
+        if self._switching is not None:
+            await asyncio.gather(self._switching, return_exceptions=True)
 
 
 def _describe(config: ServerConfig, changed: tuple[str, ...]) -> list[str]:

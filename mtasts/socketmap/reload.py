@@ -2,7 +2,8 @@
 
 Live (applied at once, connections and cache kept): the overrides, ``log_level``, and the server's limits —
 ``request_timeout``, ``idle_timeout``, ``first_request_timeout``, ``max_pipeline``, ``max_request`` (for new
-connections), ``max_connections`` — and ``shutdown_grace``. Everything else — where it listens, the store,
+connections), ``max_connections`` — ``shutdown_grace`` and ``metrics_listen`` (the daemon moves its metrics
+listener). Everything else — where it listens, the store,
 the cache, the resolver's timeouts and limits, the world options, DANE, TLS-RPT, the event loop, the user —
 is built once at start: a change to it is reported as needing a restart and not applied.
 """
@@ -28,6 +29,7 @@ LIVE_FIELDS: Final = (
     "max_request",
     "max_connections",
     "shutdown_grace",
+    "metrics_listen",
 )
 # TOML key names for the fields that are not keys of the same name.
 _TOML_NAMES: Final = {"host": "listen", "port": "listen", "unix_path": "unix"}
