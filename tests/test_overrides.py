@@ -170,38 +170,34 @@ async def test_an_override_wins_over_dane(world: World, clock: FakeClock) -> Non
         assert await server.answer(b"postfix dane.example") == b"OK dane-only"
 
 
-async def test_override_uses_are_logged_once_a_minute_per_domain(
-    resolver: PolicyResolver, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_every_override_use_is_logged(resolver: PolicyResolver, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17: "logged on every use" — each request a ``policy = "none"`` override answers is a WARNING (a
+    delivery without MTA-STS), each fixed answer an INFO line; both with structured fields for JSON logs."""
     async with SocketmapServer(resolver, port=0) as server:
         server.set_overrides({"enforce.example": Override.no_policy(), "other.example": Override.fixed("OK may")})
         with caplog.at_level(logging.INFO, logger="mtasts"):
-            for _ in range(5):
+            for _ in range(3):
                 await server.answer(b"postfix enforce.example")
                 await server.answer(b"postfix other.example")
-            clock.advance(61)
             await server.answer(b"postfix Enforce.Example")
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "override for" in r.message]
         assert [r.message for r in warnings] == [
-            "override for enforce.example: policy = none, answered NOTFOUND (MTA-STS not applied)",
-            "override for enforce.example: policy = none, answered NOTFOUND (MTA-STS not applied) "
-            "(4 more uses since the last line)",
-        ]
+            "override for enforce.example: policy = none, answered NOTFOUND (MTA-STS not applied)"
+        ] * 4
+        assert {(r.__dict__["event"], r.__dict__["domain"]) for r in warnings} == {("override", "enforce.example")}
         infos = [r.message for r in caplog.records if r.levelno == logging.INFO and "override for" in r.message]
-        assert infos == ["override for other.example: answered 'OK may'"]
+        assert infos == ["override for other.example: answered 'OK may'"] * 3
+        assert server.overrides_used == {"none": 4, "answer": 3}
 
 
 async def test_a_failing_override_answers_temp_never_notfound(resolver: PolicyResolver) -> None:
-    """A fault in the override path (here its clock) is an internal error: TEMP, not the override's NOTFOUND."""
-
-    def broken() -> float:
-        raise RuntimeError("a bug")
-
+    """A fault in the override path (here its counters, broken) is an internal error: TEMP, not the override's
+    NOTFOUND."""
     async with SocketmapServer(resolver, port=0) as server:
         assert await server.answer(b"postfix enforce.example") == SECURE
         server.set_overrides({"enforce.example": Override.no_policy()})
         assert server._overrides is not None
-        server._overrides.clock = broken
+        server._overrides.used = {}  # a bug: counting the use raises KeyError
         assert await server.answer(b"postfix enforce.example") == b"TEMP internal error"
         assert server.errors == 1
 

@@ -61,7 +61,6 @@ log = logging.getLogger("mtasts.socketmap")  # the package's logger: one name fo
 
 _REPLY_MEMO_SIZE = 4096  # formatted replies kept per distinct policy (the cache interns identical policies)
 _LIMIT_LOG_PERIOD = 60.0  # seconds between two WARNINGs about the connection limit
-_OVERRIDE_LOG_PERIOD = 60.0  # seconds between two log lines about one domain's override
 
 
 class _PlainLookup(str):
@@ -123,13 +122,10 @@ class _Dane:
 
 @dataclass(slots=True)
 class _Overrides:
-    """The operator's answers per normalised domain, how often each kind was used, and per domain when its use
-    was last logged and how many uses since went unlogged (a line per domain per minute at most)."""
+    """The operator's answers per normalised domain, and how often each kind was used."""
 
     table: dict[str, Override]
-    clock: Callable[[], float]
     used: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OVERRIDE_KINDS, 0))
-    logged: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
     # domain as asked -> whether it is overridden: the hit path's one lookup (normalised once per spelling)
     seen: dict[str, bool] = dataclasses.field(default_factory=dict)
 
@@ -152,22 +148,16 @@ class _Overrides:
         return overridden
 
     def note(self, domain: str, override: Override) -> None:
-        """Count a use; log it unless this domain's was logged less than a minute ago (then count it for later)."""
+        """Count a use and log it — every use (issue 17: an operator's allowlist is an audit trail): ``policy =
+        "none"`` at WARNING (MTA-STS not applied to this delivery), an ``answer`` at INFO."""
         self.used[override.kind] += 1
         domain = normalize_domain(domain)
-        now = self.clock()
-        logged_at, unlogged = self.logged.get(domain, (-math.inf, 0))
-        if now - logged_at < _OVERRIDE_LOG_PERIOD:
-            self.logged[domain] = (logged_at, unlogged + 1)
-            return
-        if len(self.logged) >= _DANE_CACHE_SIZE:
-            self.logged.clear()
-        self.logged[domain] = (now, 0)
-        more = f" ({unlogged} more uses since the last line)" if unlogged else ""
         if override.kind == "none":
-            log.warning("override for %s: policy = none, answered NOTFOUND (MTA-STS not applied)%s", domain, more)
+            log.warning("override for %s: policy = none, answered NOTFOUND (MTA-STS not applied)", domain,
+                        extra={"event": "override", "domain": domain, "answer": "notfound"})  # fmt: skip
         else:
-            log.info("override for %s: answered %r%s", domain, override.reply[:200], more)
+            log.info("override for %s: answered %r", domain, override.reply[:200],
+                     extra={"event": "override", "domain": domain, "answer": "override"})  # fmt: skip
 
 
 def _overriding(
@@ -555,9 +545,8 @@ class SocketmapServer:
         if state is None:
             if not table:
                 return
-            state = self._overrides = _Overrides(table, self.resolver.clock)
+            state = self._overrides = _Overrides(table)
         state.table = table
-        state.logged.clear()
         state.seen = {}
         # Only while there are overrides does the hit path's reader look at them (none: the resolver's own).
         self._cached_policy = _overriding(self.resolver.cached_policy, state) if table else self.resolver.cached_policy
