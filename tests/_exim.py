@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ import pytest
 
 from mtasts.testing import World
 
+from ._dns53 import world_on_port_53
 from ._smtp import MailWorld
 
 SENDER = "sender@sender.test"
@@ -328,22 +329,9 @@ async def exim_instance(world: World, config: str, *, mtasts_host: str, mtasts_p
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@asynccontextmanager
-async def world_for_exim() -> AsyncIterator[World]:
+def world_for_exim() -> AbstractAsyncContextManager[World]:
     """A :class:`World` whose DNS server listens on port 53 of the first free address of :data:`DNS_ADDRESSES`."""
-    failures: list[str] = []
-    for address in DNS_ADDRESSES:
-        async with AsyncExitStack() as stack:
-            try:
-                world = await stack.enter_async_context(World(dns_host=address, dns_port=53))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                failures.append(f"{address}:53 in use")
-                continue
-            yield world
-            return
-    raise RuntimeError(f"no address for the world's DNS server: {', '.join(failures)}")
+    return world_on_port_53(DNS_ADDRESSES)
 
 
 _mx_addresses = (f"127.0.26.{n}" for n in range(2, 255))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import itertools
 import os
 import re
@@ -35,13 +34,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from mtasts.testing import World
+
+from ._dns53 import world_on_port_53
 
 SENDER = "sender@sender.test"
 
@@ -517,19 +518,6 @@ async def postfix_instance(
 DNS_ADDRESSES = ("127.0.0.53", "127.0.53.53", "127.0.53.54", "127.0.53.55")
 
 
-@asynccontextmanager
-async def world_for_postfix() -> AsyncIterator[World]:
+def world_for_postfix() -> AbstractAsyncContextManager[World]:
     """A :class:`World` whose DNS server listens on port 53 of the first free address of :data:`DNS_ADDRESSES`."""
-    failures: list[str] = []
-    for address in DNS_ADDRESSES:
-        async with AsyncExitStack() as stack:
-            try:
-                world = await stack.enter_async_context(World(dns_host=address, dns_port=53))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                failures.append(f"{address}:53 in use")
-                continue
-            yield world
-            return
-    raise RuntimeError(f"no address for the world's DNS server: {', '.join(failures)}")
+    return world_on_port_53(DNS_ADDRESSES)

@@ -13,14 +13,12 @@ Without the unpacked sendmail (``./run fetch-sendmail``) these tests skip with t
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import re
 import shutil
 import ssl
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mtasts.testing import World
 
+from ._dns53 import world_on_port_53
 from ._process import stop_process
 from ._sendmail import Outcome, Sendmail, Tools, find_sendmail, sendmail_instance, substitute
 from ._smtp import MailWorld, free_port
@@ -53,20 +52,9 @@ def tools() -> Tools:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def world(tools: Tools) -> AsyncIterator[World]:
-    failures = []
-    for address in DNS_ADDRESSES:
-        async with AsyncExitStack() as stack:
-            try:
-                w = await stack.enter_async_context(World(dns_host=address, dns_port=53))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                failures.append(f"{address}:53 in use")
-                continue
-            yield w
-            assert not w.errors
-            return
-    raise RuntimeError(f"no address for the world's DNS server: {', '.join(failures)}")
+    async with world_on_port_53(DNS_ADDRESSES) as w:
+        yield w
+        assert not w.errors
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
