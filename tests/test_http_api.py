@@ -640,3 +640,33 @@ def test_the_command_refuses_bad_usage(capsys: pytest.CaptureFixture[str], tmp_p
     with contextlib.suppress(SystemExit):
         main(["serve-http", "--help"])
     assert "--listen HOST:PORT" in capsys.readouterr().out
+
+
+async def test_an_override_policy_none_applies_without_any_lookup(
+    world: World, resolver: PolicyResolver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The socketmap's TOML ``[overrides."D"] policy = "none"`` applies here too: the domain is answered as without
+    MTA-STS (``not-applicable``, the override named in ``detail``), with no TXT query or fetch, every use logged;
+    an ``answer`` override (a Postfix reply) does not apply to the HTTP API."""
+    from mtasts.socketmap import Override
+
+    overrides = {"Enforce.Example": Override.no_policy(), "testing.example": Override.fixed("OK encrypt")}
+    async with HttpApiServer(resolver, port=0, overrides=overrides) as server, aiohttp.ClientSession() as session:
+        api = Api(session, server)
+        with caplog.at_level(logging.WARNING, logger="mtasts"):
+            status, answer = await api.policy("enforce.example")
+            assert status == 200
+            assert (answer["status"], answer["mode"], answer["defer"]) == ("not-applicable", None, False)
+            assert "override" in answer["detail"]
+            status, verdict = await api.verdict({"domain": "enforce.example", "mx_host": "mx.elsewhere.example"})
+            assert status == 200 and verdict["deliver"] is True and verdict["require_tls"] is False
+        assert world.queries("_mta-sts.enforce.example") == 0 and world.requests("mta-sts.enforce.example") == 0
+        assert [r.message for r in caplog.records if "override for" in r.message] == [
+            "override for enforce.example: policy = none, answered as without MTA-STS"
+        ] * 2
+        status, testing = await api.policy("testing.example")  # the answer override is the socketmap's
+        assert status == 200 and testing["mode"] == "testing"
+        async with session.get(server.url + "/v1/openapi.json") as response:
+            document = await response.json()
+        for seen in api.seen:
+            validate(document, *seen)

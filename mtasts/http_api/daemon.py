@@ -73,6 +73,7 @@ async def serve_http(
             request_timeout=config.request_timeout,
             idle_timeout=config.idle_timeout,
             shutdown_grace=config.shutdown_grace,
+            overrides=config.overrides,
         )
         try:
             await server.start()

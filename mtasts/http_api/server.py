@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -25,8 +25,10 @@ from aiohttp import web
 
 from .._checks import check_count, check_seconds
 from ..decision import LookupStatus
+from ..domain import normalize_domain
 from ..errors import DomainError, UsageError
 from ..resolver import NOT_CACHED, PolicyLookup, PolicyResolver
+from ..socketmap.overrides import Override, check_overrides
 from .answers import parse_verdict_request, policy_answer, verdict_answer
 from .openapi import openapi_document
 
@@ -59,8 +61,19 @@ class _Unavailable(Exception):
 class _Api:
     """The route handlers and their counters."""
 
-    def __init__(self, resolver: PolicyResolver, *, request_timeout: float, retry_after: int, max_body: int) -> None:
+    def __init__(
+        self,
+        resolver: PolicyResolver,
+        *,
+        request_timeout: float,
+        retry_after: int,
+        max_body: int,
+        no_policy: frozenset[str] = frozenset(),
+    ) -> None:
         self.resolver = resolver
+        #: normalised domains with a TOML override ``policy = "none"``: answered as without MTA-STS, no lookup
+        self.no_policy = no_policy
+        self.overridden = 0  # requests so answered
         self._cached_policy = resolver.cached_policy  # the synchronous hot read (an attribute, not a method)
         self.request_timeout = request_timeout
         self.retry_after = retry_after
@@ -107,6 +120,10 @@ class _Api:
             raise web.HTTPRequestTimeout() from None
 
     async def _lookup(self, domain: str) -> PolicyLookup:
+        if self.no_policy:
+            overridden = self._overridden(domain)
+            if overridden is not None:
+                return overridden
         try:
             if self._cached_policy(domain) is not NOT_CACHED:
                 # Memory answers (a cached policy or a remembered negative answer): no I/O, so no timer — a timer
@@ -126,6 +143,20 @@ class _Api:
             self.errors += 1
             log.exception("policy lookup for %s failed", domain)
             raise _Unavailable(f"the policy lookup for {domain} failed on this host: try again later") from None
+
+    def _overridden(self, domain: str) -> PolicyLookup | None:
+        """The answer for a domain the operator overrode with ``policy = "none"`` (logged on every use, as the
+        socketmap does), or None."""
+        try:
+            normalized = normalize_domain(domain)
+        except DomainError:
+            return None  # (the lookup refuses it: a 400)
+        if normalized not in self.no_policy:
+            return None
+        self.overridden += 1
+        log.warning("override for %s: policy = none, answered as without MTA-STS", normalized,
+                    extra={"event": "override", "domain": normalized, "answer": "notfound"})  # fmt: skip
+        return PolicyLookup(normalized, LookupStatus.NOT_APPLICABLE, error='TOML override: policy = "none"')
 
     def _deferred(self, lookup: PolicyLookup, answer: dict[str, Any]) -> _Unavailable:
         self.deferred += 1
@@ -189,12 +220,17 @@ def make_app(
     request_timeout: float = 30.0,
     retry_after: int = DEFAULT_RETRY_AFTER,
     max_body: int = DEFAULT_MAX_BODY,
+    overrides: Mapping[str, Override] | None = None,
 ) -> web.Application:
-    """The aiohttp application of the HTTP API over ``resolver`` (started and closed by the caller)."""
+    """The aiohttp application of the HTTP API over ``resolver`` (started and closed by the caller). Of the TOML
+    ``overrides``, ``policy = "none"`` applies (an ``answer`` is a Postfix reply, for the socketmap only)."""
     check_seconds("request_timeout", request_timeout, positive=True)
     check_count("retry_after", retry_after)
     check_count("max_body", max_body)
-    api = _Api(resolver, request_timeout=request_timeout, retry_after=retry_after, max_body=max_body)
+    no_policy = frozenset(domain for domain, override in check_overrides(overrides or {}).items()
+                          if override.kind == "none")  # fmt: skip
+    api = _Api(resolver, request_timeout=request_timeout, retry_after=retry_after, max_body=max_body,
+               no_policy=no_policy)  # fmt: skip
     app = web.Application(middlewares=[api.json_errors], client_max_size=max_body)
     app[_API_KEY] = api
     app.router.add_get("/v1/policy/{domain}", api.policy)
@@ -222,13 +258,16 @@ class HttpApiServer:
         shutdown_grace: float = 5.0,
         retry_after: int = DEFAULT_RETRY_AFTER,
         max_body: int = DEFAULT_MAX_BODY,
+        overrides: Mapping[str, Override] | None = None,
     ) -> None:
         check_seconds("idle_timeout", idle_timeout, positive=True)
         check_seconds("shutdown_grace", shutdown_grace)
         self.resolver = resolver
         self.host = host
         self.port = port
-        self.app = make_app(resolver, request_timeout=request_timeout, retry_after=retry_after, max_body=max_body)
+        self.app = make_app(
+            resolver, request_timeout=request_timeout, retry_after=retry_after, max_body=max_body, overrides=overrides
+        )
         self._api = self.app[_API_KEY]
         self._runner = web.AppRunner(
             self.app,
