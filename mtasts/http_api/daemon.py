@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ..errors import MTASTSError
 from ..options import format_host_port, parse_host_port
 from ..socketmap.config import ServerConfig, plan_descriptors
-from ..socketmap.daemon import _wait_for_stop, build_resolver, event_loop_factory, raise_nofile_limit
+from ..socketmap.daemon import build_resolver, event_loop_factory, raise_nofile_limit, wait_for_stop
 from .server import DEFAULT_PORT, HttpApiServer
 
 __all__ = ["DEFAULT_LISTEN", "build_resolver", "parse_listen", "run", "serve_http"]
@@ -95,7 +95,7 @@ async def serve_http(
                 )
             if ready is not None:
                 ready(server)
-            await _wait_for_stop(stop)
+            await wait_for_stop(stop)
         finally:
             log.info(
                 "shutting down (%d requests: %d bad, %d timed out, %d deferred, %d internal errors)",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .metrics import DaemonCollector
     from .monitor import MonitorListener
 
-__all__ = ["build_resolver", "event_loop_factory", "raise_nofile_limit", "run", "serve"]
+__all__ = ["build_resolver", "event_loop_factory", "raise_nofile_limit", "run", "serve", "wait_for_stop"]
 
 log = logging.getLogger("mtasts.socketmap")
 
@@ -476,7 +476,7 @@ def _signals(reload: Callable[[], None] | None = None) -> Iterator[asyncio.Event
             loop.remove_signal_handler(signum)
 
 
-async def _wait_for_stop(stop: asyncio.Event | None) -> None:
+async def wait_for_stop(stop: asyncio.Event | None) -> None:
     """Until SIGTERM, SIGINT or ``stop`` (``mtasts serve-http``'s wait: its signals only while it waits)."""
     with _signals() as signalled:
         await _until(signalled, stop)
