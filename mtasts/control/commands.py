@@ -32,7 +32,6 @@ from .protocol import (
     format_time,
     parse_domain_list,
     request_domain,
-    warm_item,
 )
 
 __all__ = ["Target", "export", "list_cache", "purge", "show", "target", "warm"]
@@ -493,21 +492,14 @@ async def _warm_directly(
     sharing the store finds it on its next memory miss."""
     from ..resolver import PolicyResolver  # noqa: PLC0415
     from ..stores import open_store  # noqa: PLC0415
+    from .warm import look_up as warm_look_up  # noqa: PLC0415
     from .warm import warm as warm_all  # noqa: PLC0415
 
     options = world.resolver_kwargs()
     async with PolicyResolver(store=open_store(spec), **options) as resolver:
 
         async def look_up(domain: str) -> dict[str, Any]:
-            lookup = await resolver.lookup(domain)
-            return warm_item(
-                lookup.domain,
-                lookup.status.value,
-                policy=lookup.policy,
-                policy_id=lookup.policy_id,
-                result_type=lookup.result_type,
-                error=lookup.error,
-            )
+            return await warm_look_up(resolver, domain)
 
         pacer = Pacer(rate, asyncio.get_running_loop().time)
         async with contextlib.aclosing(warm_all(domains, look_up, concurrency=concurrency, pacer=pacer)) as outcomes:

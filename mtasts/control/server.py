@@ -26,7 +26,7 @@ from typing import Any
 
 from .._checks import check_count, check_seconds
 from ..errors import MTASTSError, UsageError
-from ..resolver import PolicyLookup, PolicyResolver, PurgeResult
+from ..resolver import PolicyResolver, PurgeResult
 from ..socketmap.answers import format_policy
 from .protocol import (
     MAX_REQUEST,
@@ -41,7 +41,7 @@ from .protocol import (
     request_domain,
     warm_item,
 )
-from .warm import warm
+from .warm import look_up, warm
 
 __all__ = ["ControlServer"]
 
@@ -290,15 +290,7 @@ class ControlServer:
                 yield outcome
 
     async def _look_up(self, domain: str) -> dict[str, Any]:
-        lookup: PolicyLookup = await self.resolver.lookup(domain)
-        return warm_item(
-            lookup.domain,
-            lookup.status.value,
-            policy=lookup.policy,
-            policy_id=lookup.policy_id,
-            result_type=lookup.result_type,
-            error=lookup.error,
-        )
+        return await look_up(self.resolver, domain)
 
 
 @dataclasses.dataclass(slots=True)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
+from ..resolver import PolicyResolver
 from .protocol import Pacer, warm_item
 
 __all__ = ["warm"]
@@ -75,3 +76,16 @@ async def warm(
         for task in (launcher, *running):
             task.cancel()
         await asyncio.gather(launcher, *running, return_exceptions=True)
+
+
+async def look_up(resolver: PolicyResolver, domain: str) -> dict[str, Any]:
+    """One domain warmed through ``resolver``: its lookup as a warm item (the daemon's and the direct mode's)."""
+    lookup = await resolver.lookup(domain)
+    return warm_item(
+        lookup.domain,
+        lookup.status.value,
+        policy=lookup.policy,
+        policy_id=lookup.policy_id,
+        result_type=lookup.result_type,
+        error=lookup.error,
+    )
