@@ -152,3 +152,19 @@ async def test_a_full_dane_query_queue_on_this_host_is_temp_never_secure(
         assert await hung == b"TEMP DANE: the MX lookup failed"
         world.set_failure("hung.example", None)
         assert await server.answer(b"postfix all.example") == DANE_ONLY  # not remembered: asked again
+
+
+async def test_sendmails_map_name_never_gets_dane_only_nor_tlsrpt_attributes(resolver: PolicyResolver) -> None:
+    """The map name ``sts`` (sendmail's FEATURE(`sts')) gets the plain MTA-STS answer whatever ``dane`` and
+    ``tlsrpt`` say — cold and from memory, before and after Postfix's own names asked — while Postfix's names keep
+    theirs (docs/sendmail.md: sendmail checks only ``secure`` answers and reads ``match=`` to a final
+    ``servername=hostname``)."""
+    plain = b"OK secure match=.all.example servername=hostname"
+    async with SocketmapServer(resolver, port=0, dane=True, tlsrpt=True) as server:
+        assert await server.answer(b"sts all.example") == plain  # cold
+        assert await server.answer(b"sts all.example") == plain  # from memory
+        assert await server.answer(b"postfix all.example") == DANE_ONLY
+        assert await server.answer(b"sts ALL.Example.") == plain
+        assert await server.answer(b"sts testing.example") == b"NOTFOUND "
+        assert await server.answer(b"sts [192.0.2.1]") == b"NOTFOUND "
+    assert server.answers()["secure"] == 3
