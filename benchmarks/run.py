@@ -33,9 +33,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .workers import WorldEnv, run_worker, uvloop_available
+
+_T = TypeVar("_T")
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("hit", "load", "cold", "herd", "fleet", "memory", "stores", "socketmap", "http", "recorder")
@@ -147,7 +149,7 @@ async def section_load(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
             "load_errors": _errors(mine, peer)}  # fmt: skip
 
 
-async def _with_world(body: Callable[[Any, WorldEnv, Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+async def _with_world(body: Callable[[Any, WorldEnv, Any], Awaitable[_T]]) -> _T:
     from mtasts.testing import World  # noqa: PLC0415 - needs trustme
 
     from .proxy import ConnectProxy  # noqa: PLC0415
@@ -186,7 +188,7 @@ async def section_cold(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
     loops = ["asyncio", "uvloop"] if uvloop_available() else ["asyncio"]
     runs = [(impl, loop) for loop in loops for impl in ("mtasts", "peer")]
 
-    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[str, Any]:
+    async def body(world: Any, env: WorldEnv, proxy: Any) -> dict[tuple[str, str], dict[str, Any]]:
         for i, domain in enumerate(domains):
             world.publish(domain, f"version: STSv1\nmode: enforce\nmx: *.p{i % 100}.example\nmax_age: 604800\n",
                           id=f"20261126c{i}")  # fmt: skip
@@ -196,7 +198,7 @@ async def section_cold(ctx: dict[str, Any], quick: bool, progress: Progress) -> 
             if i % 500 == 0:
                 progress.show("cold: issuing certificates (not timed)", i, count)
                 await asyncio.sleep(0)
-        results = {}
+        results: dict[tuple[str, str], dict[str, Any]] = {}
         for impl, loop in runs:
             world.reset_counters()
             args = {"world": env.to_json(), "domains": domains, "concurrency": concurrency}
