@@ -35,19 +35,13 @@ import ssl
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 from . import dns as mtasts_dns
 from ._exceptions import exception_chain, local_os_error
 from ._gate import Gate
 from .errors import HostLookupError, LocalError, MTASTSError, PolicyError, PolicyFetchError, PolicyWebPKIError
 from .policy import Policy, parse_policy
-
-if TYPE_CHECKING:
-    from aiohttp.abc import AbstractResolver as _AiohttpResolver
-    from aiohttp.abc import ResolveResult
-else:
-    _AiohttpResolver = object  # aiohttp is not imported by a fetch: see _DnsPythonResolver
 
 __all__ = ["BadHttpMessage", "ClientPayloadError", "FetchReport", "PolicyFetcher", "ResponseReader", "policy_url"]
 
@@ -80,40 +74,6 @@ class FetchReport:
     content_type: str | None = None
     body: bytes | None = None
     error: MTASTSError | None = None
-
-
-class _DnsPythonResolver(_AiohttpResolver):
-    """aiohttp's name resolution through the caller's dnspython resolver (so one resolver defines the world).
-
-    For the TLS-RPT transport's aiohttp session (``mtasts.tlsrpt.transport``), not for policy fetches. aiohttp
-    calls ``resolve`` and ``close`` without checking the class, so this module need not import aiohttp (its
-    import costs a process about 0.25 s, docs/benchmarks.md); type checkers see the real base class.
-    """
-
-    def __init__(self, resolver: mtasts_dns.DnsResolver) -> None:
-        self._resolver = resolver
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        try:
-            addresses = await mtasts_dns.resolve_addresses(self._resolver, host)
-        except HostLookupError as exc:  # the policy host: a fetch failure (decisions table)
-            raise PolicyFetchError(exc.message) from None
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 # -- RFC 9112 / RFC 9110 grammar: the part a client reading one response needs ------------------------------

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,12 +49,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import dns.asyncresolver
 import dns.exception
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .. import dns as mtasts_dns
 from .._checks import check_seconds
 from ..domain import normalize_domain
-from ..errors import DomainError, MTASTSError
-from ..fetch import _DnsPythonResolver
+from ..errors import DomainError, HostLookupError, MTASTSError, PolicyFetchError
 from ..resolver import PolicyResolver
 from ..tls import create_opportunistic_context
 from .exclude import report_delivery
@@ -72,6 +73,39 @@ _HTTP_FAILURES = (aiohttp.ClientError, OSError, ValueError, EOFError, dns.except
 
 
 # -- discovery (§3) ----------------------------------------------------------------------------------------------
+
+
+class _DnsPythonResolver(AbstractResolver):
+    """aiohttp's name resolution through the caller's dnspython resolver (so one resolver defines the world).
+
+    For the HTTPS report POST's aiohttp session (policy fetches are mtasts' own client, :mod:`mtasts.fetch`, and
+    import no aiohttp); the policy-host lookup rules are :func:`mtasts.dns.resolve_addresses`'.
+    """
+
+    def __init__(self, resolver: mtasts_dns.DnsResolver) -> None:
+        self._resolver = resolver
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            addresses = await mtasts_dns.resolve_addresses(self._resolver, host)
+        except HostLookupError as exc:  # the policy host: a fetch failure (decisions table)
+            raise PolicyFetchError(exc.message) from None
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 class RuaStatus(enum.StrEnum):
