@@ -50,6 +50,7 @@ from mtasts.testing import World
 
 from ._process import stop_process
 from .conftest import FakeClock
+from .test_socketmap import world_config
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 86400\n"
 OK_ENFORCE = b"OK secure match=mx.example.com:.example.net servername=hostname"
@@ -78,18 +79,6 @@ def sockdir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def world_config(world: World, **kwargs: Any) -> ServerConfig:
-    kwargs.setdefault("store", "memory")
-    return ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        nameserver=f"{world.host}:{world.dns_port}",
-        cafile=world.ca_pem_path,
-        policy_port=world.https_port,
-        **kwargs,
-    )
 
 
 @contextlib.asynccontextmanager

@@ -38,12 +38,12 @@ from mtasts.http_api import (
     serve_http,
 )
 from mtasts.http_api.answers import rfc3339
-from mtasts.socketmap import ServerConfig
 from mtasts.stores import MemoryStore
 from mtasts.testing import World
 
 from ._process import stop_process
 from .conftest import FakeClock
+from .test_socketmap import world_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 86400\n"
@@ -555,16 +555,6 @@ def test_parse_listen() -> None:
 
 
 # -- the daemon: in process, and as `mtasts serve-http` --------------------------------------------------------
-
-
-def world_config(world: World, **kwargs: Any) -> ServerConfig:
-    kwargs.setdefault("store", "memory")
-    return ServerConfig(
-        nameserver=f"{world.host}:{world.dns_port}",
-        cafile=world.ca_pem_path,
-        policy_port=world.https_port,
-        **kwargs,
-    )
 
 
 async def test_serve_http_until_stopped(world: World) -> None:

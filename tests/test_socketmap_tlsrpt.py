@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from mtasts.socketmap import ServerConfig, SocketmapServer, format_tlsrpt, load_
 from mtasts.testing import World
 
 from .test_postfix import postfix_config, postmap  # noqa: F401 - postfix_config is a fixture
+from .test_socketmap import world_config
 
 # Several mx, a "*." wildcard, a duplicate (one pattern, every line in the policy strings), uppercase (lowered).
 ENFORCE = (
@@ -236,18 +236,6 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     for bad in ["0", "-3", "nan", "x"]:
         assert main(["serve-socketmap", "--fetch-idle-timeout", bad]) == 2
         assert "--fetch-idle-timeout" in capsys.readouterr().err
-
-
-def world_config(world: World, **kwargs: Any) -> ServerConfig:
-    return ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        store="memory",
-        nameserver=f"{world.host}:{world.dns_port}",
-        cafile=world.ca_pem_path,
-        policy_port=world.https_port,
-        **kwargs,
-    )
 
 
 @contextlib.asynccontextmanager
