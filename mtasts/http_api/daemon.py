@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import sys
 from collections.abc import Callable
 
 from ..errors import MTASTSError
 from ..options import format_host_port, parse_host_port
-from ..socketmap.config import ServerConfig, plan_descriptors
-from ..socketmap.daemon import build_resolver, event_loop_factory, raise_nofile_limit, wait_for_stop
+from ..socketmap.config import ServerConfig
+from ..socketmap.daemon import build_resolver, descriptor_plan, run_daemon, wait_for_stop
 from .server import DEFAULT_PORT, HttpApiServer
 
 __all__ = ["DEFAULT_LISTEN", "build_resolver", "parse_listen", "run", "serve_http"]
@@ -55,12 +54,7 @@ async def serve_http(
     On the way out: requests in flight finish (``shutdown_grace``), the resolver flushes the store.
     """
     host, port = listen
-    plan = plan_descriptors(
-        raise_nofile_limit(),
-        max_connections=config.max_connections,
-        max_concurrent_dns=config.max_concurrent_dns,
-        max_concurrent_fetches=config.max_concurrent_fetches,
-    )
+    plan = descriptor_plan(config)
     resolver = build_resolver(config, plan)
     try:
         await resolver.start()
@@ -111,13 +105,6 @@ async def serve_http(
 
 
 def run(config: ServerConfig, *, listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)) -> int:
-    """``mtasts serve-http``: log at ``config.log_level`` and :func:`serve_http` until stopped, on the event loop
-    ``config.event_loop`` names; 1 on a failure."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
-            runner.run(serve_http(config, listen=listen))
-    except MTASTSError as exc:
-        print(f"mtasts serve-http: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """``mtasts serve-http``: :func:`serve_http` until stopped, through
+    :func:`~mtasts.socketmap.daemon.run_daemon` (its logging, event loop and exit status); 1 on a failure."""
+    return run_daemon("serve-http", config, lambda: serve_http(config, listen=listen))

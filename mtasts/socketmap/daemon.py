@@ -16,8 +16,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..dane_lookup import DaneResolver
 from ..errors import MTASTSError, UsageError
@@ -34,7 +34,16 @@ if TYPE_CHECKING:
     from .metrics import DaemonCollector
     from .monitor import MonitorListener
 
-__all__ = ["build_resolver", "event_loop_factory", "raise_nofile_limit", "run", "serve", "wait_for_stop"]
+__all__ = [
+    "build_resolver",
+    "descriptor_plan",
+    "event_loop_factory",
+    "raise_nofile_limit",
+    "run",
+    "run_daemon",
+    "serve",
+    "wait_for_stop",
+]
 
 log = logging.getLogger("mtasts.socketmap")
 
@@ -105,26 +114,7 @@ async def serve(
     activated = activated_socket(environ, os.getpid())
     if config.metrics_listen is not None:
         _check_metrics_extra()
-    plan = plan_descriptors(
-        raise_nofile_limit(),
-        max_connections=config.max_connections,
-        max_concurrent_dns=config.max_concurrent_dns,
-        max_concurrent_fetches=config.max_concurrent_fetches,
-    )
-    log.log(
-        logging.INFO if plan.fits else logging.WARNING,
-        "descriptor plan for a limit of %d: %d connections, %d DNS queries, %d policy fetches, "
-        "%d accepted at once, %d in reserve%s",
-        plan.nofile,
-        plan.max_connections,
-        plan.max_concurrent_dns,
-        plan.max_concurrent_fetches,
-        plan.accept_batch,
-        plan.reserve,
-        ""
-        if plan.fits
-        else f" — {plan.total} in all: descriptors may run out (raise LimitNOFILE, or lower max_connections)",
-    )
+    plan = descriptor_plan(config)
     resolver = build_resolver(config, plan)  # its store opens nothing yet: the first use does, after the drop
     notifier = Notifier.from_environ(environ)
     monitor: _Monitor | None = None
@@ -416,6 +406,32 @@ async def _start_control(config: ServerConfig, server: SocketmapServer) -> Contr
     return control
 
 
+def descriptor_plan(config: ServerConfig) -> DescriptorPlan:
+    """The descriptor limit raised to the hard one and shared out (:func:`plan_descriptors`), logged (a WARNING
+    when it may not fit): the start of ``serve-socketmap`` and ``serve-http``."""
+    plan = plan_descriptors(
+        raise_nofile_limit(),
+        max_connections=config.max_connections,
+        max_concurrent_dns=config.max_concurrent_dns,
+        max_concurrent_fetches=config.max_concurrent_fetches,
+    )
+    log.log(
+        logging.INFO if plan.fits else logging.WARNING,
+        "descriptor plan for a limit of %d: %d connections, %d DNS queries, %d policy fetches, "
+        "%d accepted at once, %d in reserve%s",
+        plan.nofile,
+        plan.max_connections,
+        plan.max_concurrent_dns,
+        plan.max_concurrent_fetches,
+        plan.accept_batch,
+        plan.reserve,
+        ""
+        if plan.fits
+        else f" — {plan.total} in all: descriptors may run out (raise LimitNOFILE, or lower max_connections)",
+    )
+    return plan
+
+
 def build_resolver(config: ServerConfig, plan: DescriptorPlan) -> PolicyResolver:
     """The store and the resolver ``config`` describes, within the DNS and fetch shares of ``plan`` (not started):
     the one construction behind ``serve-socketmap`` and ``serve-http``."""
@@ -496,17 +512,24 @@ async def _until(signalled: asyncio.Event, stop: asyncio.Event | None) -> None:
 
 
 def run(config: ServerConfig, *, reload: Callable[[], ServerConfig] | None = None) -> int:
-    """``mtasts serve-socketmap``: log at ``config.log_level`` and :func:`serve` until stopped, on the event loop
-    ``config.event_loop`` names (SIGHUP: ``reload``); 1 on a failure. An unknown ``user`` or ``group`` raises
-    :class:`~mtasts.errors.UsageError` before anything starts."""
-    configure_logging(config.log_level, config.log_format)
+    """``mtasts serve-socketmap``: :func:`serve` until stopped, through :func:`run_daemon` (SIGHUP: ``reload``);
+    1 on a failure. An unknown ``user`` or ``group`` raises :class:`~mtasts.errors.UsageError` before anything
+    starts."""
     if config.user is not None:
         resolve_identity(config.user, config.group)
+    return run_daemon("serve-socketmap", config, lambda: serve(config, reload=reload))
+
+
+def run_daemon(command: str, config: ServerConfig, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Log at ``config.log_level`` in ``config.log_format``, run ``main()`` until it returns on the event loop
+    ``config.event_loop`` names; an :class:`~mtasts.errors.MTASTSError` is one line on stderr and exit status 1.
+    The daemons' common frame (``serve-socketmap``, ``serve-http``)."""
+    configure_logging(config.log_level, config.log_format)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
-            runner.run(serve(config, reload=reload))
+            runner.run(main())
     except MTASTSError as exc:
-        print(f"mtasts serve-socketmap: {exc}", file=sys.stderr)
+        print(f"mtasts {command}: {exc}", file=sys.stderr)
         return 1
     return 0
 
