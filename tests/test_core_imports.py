@@ -12,6 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "mtasts"
 CORE_MODULES = [
     "_abnf",
+    "_lazy",
     "dane",
     "domain",
     "errors",

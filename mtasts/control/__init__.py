@@ -15,8 +15,9 @@ imports neither the resolver nor the socketmap. The command line's flags are :mo
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .client import ControlClient
@@ -25,9 +26,4 @@ if TYPE_CHECKING:
 __all__ = ["ControlClient", "ControlServer"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ControlClient":
-        return import_module(".client", __name__).ControlClient
-    if name == "ControlServer":
-        return import_module(".server", __name__).ControlServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {"ControlClient": "client", "ControlServer": "server"})

@@ -18,9 +18,9 @@ delivery names under their old home.)
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from .exclude import is_report_message
 from .record import TlsRptRecord, TlsRptRecordError, parse_tlsrpt_record, select_tlsrpt_record
 from .recorder import FailureKey, PolicyKey, ReportOutcome, ReportStatus, TLSReporter
@@ -44,17 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mtasts.tlsrpt' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
