@@ -46,6 +46,7 @@ import pytest
 from mtasts.testing import World
 
 from ._dns53 import world_on_port_53
+from ._process import communicate
 from ._smtp import MailWorld
 
 SENDER = "sender@sender.test"
@@ -220,13 +221,7 @@ class Exim:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                stdout, stderr = await process.communicate(stdin)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise
+        stdout, stderr = await communicate(process, stdin, timeout)
         if process.returncode != 0:
             raise RuntimeError(
                 f"exim {' '.join(args)} exited with {process.returncode}: {stderr.decode(errors='replace').strip()}"

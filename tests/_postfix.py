@@ -43,6 +43,7 @@ import pytest
 from mtasts.testing import World
 
 from ._dns53 import world_on_port_53
+from ._process import communicate
 
 SENDER = "sender@sender.test"
 
@@ -337,13 +338,7 @@ class Postfix:
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
         )
-        try:
-            async with asyncio.timeout(timeout):
-                stdout, stderr = await process.communicate(stdin)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise
+        stdout, stderr = await communicate(process, stdin, timeout)
         if process.returncode != 0:
             raise RuntimeError(
                 f"{' '.join(argv)} exited with {process.returncode}: {stderr.decode(errors='replace').strip()}"

@@ -23,3 +23,17 @@ async def stop_process(process: asyncio.subprocess.Process, timeout: float = 5.0
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
         await asyncio.wait_for(process.wait(), timeout)
+
+
+async def communicate(process: asyncio.subprocess.Process, stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
+    """``process.communicate(stdin)`` within ``timeout``: on TimeoutError the process is killed and reaped first.
+    (stdout, stderr), each b"" when not piped."""
+    try:
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await process.communicate(stdin)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    return stdout or b"", stderr or b""

@@ -27,11 +27,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ._process import communicate
 
 REPO = Path(__file__).resolve().parent.parent
 SENDMAIL_DIR = Path(os.environ.get("MTASTS_SENDMAIL_DIR", "/var/cache/mtasts-tests/sendmail"))
@@ -199,14 +200,7 @@ class Sendmail:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        try:
-            async with asyncio.timeout(timeout):
-                out, _ = await process.communicate(stdin)
-        except TimeoutError:
-            with suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
+        out, _ = await communicate(process, stdin, timeout)
         assert process.returncode is not None
         return process.returncode, out.decode(errors="replace")
 
