@@ -733,9 +733,9 @@ class SocketmapServer:
                 return self._lookup(request)
             self._tally.notfound += 1  # (exim_request settles only NOTFOUND from memory)
             return request
-        if name == SENDMAIL_MAP_NAME:  # sendmail's FEATURE(`sts'): the plain answer only (docs/sendmail.md)
-            return self._quick_plain(raw_key)
-        tlsrpt = name == TLSRPT_MAP_NAME or self._tlsrpt_every_name
+        # sendmail's FEATURE(`sts'): the plain answer only, never dane-only nor TLS-RPT attributes (docs/sendmail.md)
+        plain = name == SENDMAIL_MAP_NAME
+        tlsrpt = not plain and (name == TLSRPT_MAP_NAME or self._tlsrpt_every_name)
         try:
             key = raw_key.decode()
             domain = parse_key(key)
@@ -748,9 +748,18 @@ class SocketmapServer:
         except DomainError:
             return self._notfound()
         if policy is NOT_CACHED:
-            return self._lookup(_TlsrptLookup(normalize_domain(domain)) if tlsrpt else normalize_domain(domain))
+            normalized = normalize_domain(domain)
+            return self._lookup(
+                _PlainLookup(normalized) if plain else _TlsrptLookup(normalized) if tlsrpt else normalized
+            )
         if policy is None:
             return self._notfound()
+        if plain:
+            if policy.mode is Mode.ENFORCE:
+                self._secure_hits += 1
+            else:
+                self._tally.notfound += 1
+            return self._plain_reply(policy)
         reply = self._replies.get((domain, policy) if tlsrpt else policy)
         if reply is not None:
             self._secure_hits += 1
@@ -761,29 +770,6 @@ class SocketmapServer:
         """``domain`` to look up (a lookup counted: its answer is counted when it ends)."""
         self._tally.lookups += 1
         return domain
-
-    def _quick_plain(self, raw_key: bytes) -> bytes | str:
-        """:meth:`_quick_named` for sendmail's map: the plain reply from memory, or the domain to look up."""
-        try:
-            domain = parse_key(raw_key.decode())
-        except (UnicodeDecodeError, DomainError):
-            return self._notfound()
-        if domain is None:
-            return self._notfound()
-        try:
-            policy = self._cached_policy(domain)
-        except DomainError:
-            return self._notfound()
-        if policy is NOT_CACHED:
-            return self._lookup(_PlainLookup(normalize_domain(domain)))
-        if policy is None:
-            return self._notfound()
-        reply = self._plain_reply(policy)
-        if policy.mode is Mode.ENFORCE:
-            self._secure_hits += 1
-        else:
-            self._tally.notfound += 1
-        return reply
 
     def _plain_reply(self, policy: Policy) -> bytes:
         """The plain answer for ``policy`` (``NOTFOUND `` unless it is an enforce policy), memoised."""
