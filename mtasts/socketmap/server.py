@@ -102,7 +102,7 @@ class _Listen:
     sock: socket.socket | None = None  # a listening socket to serve on instead of binding (socket activation)
 
 
-_DANE_CACHE_SIZE = 65536  # domains whose DANE state is remembered (cleared when full)
+_DOMAIN_MEMO_SIZE = 65536  # domains a per-domain memo holds (DANE states and replies, overrides seen); then cleared
 
 
 @dataclass(slots=True)
@@ -142,7 +142,7 @@ class _Overrides:
     def learn(self, domain: str) -> bool:
         """Whether ``domain`` as asked is overridden, remembered in :attr:`seen` (cleared when full)."""
         seen = self.seen
-        if len(seen) >= _DANE_CACHE_SIZE:
+        if len(seen) >= _DOMAIN_MEMO_SIZE:
             seen.clear()
         overridden = seen[domain] = self.find(domain) is not None
         return overridden
@@ -938,7 +938,7 @@ class SocketmapServer:
             normalized = normalize_domain(domain)
             return self._lookup(_TlsrptLookup(normalized) if tlsrpt else normalized)
         memo = dane.tlsrpt_replies if tlsrpt else dane.replies
-        if len(memo) >= _DANE_CACHE_SIZE:
+        if len(memo) >= _DOMAIN_MEMO_SIZE:
             memo.clear()
         if entry[1] is not None:
             memo[domain] = (entry[0], entry[1], None)
@@ -978,7 +978,7 @@ class SocketmapServer:
             raise _DaneDeferred(TEMP_LOCAL_NETSTRING, exc.message) from None
         else:
             reply = DANE_ONLY_NETSTRING if postfix_level(state) == "dane-only" else None
-        if len(dane.states) >= _DANE_CACHE_SIZE:
+        if len(dane.states) >= _DOMAIN_MEMO_SIZE:
             dane.states.clear()
         dane.states[domain] = (dane.clock() + ttl, reply)
         return reply
