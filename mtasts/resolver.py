@@ -594,7 +594,10 @@ class PolicyResolver:
     def cache_entry(self, domain: str) -> CacheEntry | None:
         """The cached entry for ``domain`` (expired or not), for inspection; times as the wall clock shows them."""
         key = self._key(domain)
-        entry = None if key is None else self._cache.get(key)
+        return None if key is None else self._on_wall_clock(self._cache.get(key))
+
+    def _on_wall_clock(self, entry: CacheEntry | None) -> CacheEntry | None:
+        """``entry`` with its times as the wall clock shows them (the cache keeps them on the steady clock)."""
         offset = self._steady.offset
         if entry is None or not offset:
             return entry
@@ -610,14 +613,11 @@ class PolicyResolver:
         A snapshot of the domains is taken first (one list of the keys), so the cache may change meanwhile: a
         domain dropped since is skipped.
         """
-        cache, offset = self._cache, self._steady.offset
+        cache = self._cache
         for domain in list(cache.data):
-            entry = cache.get(domain)
-            if entry is None:
-                continue
-            if offset:
-                entry = CacheEntry(entry.policy, entry.policy_id, entry.expires_at - offset, entry.fresh_until - offset)
-            yield domain, entry
+            entry = self._on_wall_clock(cache.get(domain))
+            if entry is not None:
+                yield domain, entry
 
     def cache_state(self, domain: str) -> CacheState | None:
         """What is remembered of ``domain`` — its cached policy, a negative answer still in force, a fetch back-off
