@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mtasts"
 CORE_MODULES = [
     "_abnf",
     "_lazy",
+    "_rfc3339",
     "dane",
     "domain",
     "errors",

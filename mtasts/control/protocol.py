@@ -20,13 +20,13 @@ It imports nothing of the socketmap or the resolver: ``mtasts cache`` against a 
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._rfc3339 import utc_timestamp
 from ..domain import is_address_literal, normalize_domain
 from ..errors import DomainError, UsageError
 from ..policy import Policy
@@ -275,7 +275,7 @@ def format_time(t: float | None) -> str:
     """``2026-12-01T16:00:00Z`` (UTC, whole seconds), or ``-`` for None."""
     if t is None or not math.isfinite(t):
         return "-"
-    return datetime.datetime.fromtimestamp(int(t), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_timestamp(t)
 
 
 # -- warm ------------------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ sends both with status 503. Nothing here does I/O: no asyncio, no aiohttp, no cl
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from .._rfc3339 import utc_timestamp
 from ..domain import is_address_literal, normalize_domain
 from ..errors import DomainError, UsageError
 from ..results import SESSION_FAILURES
@@ -65,10 +65,9 @@ def rfc3339(seconds: float | None) -> str | None:
 @functools.lru_cache(maxsize=4096)  # the same fetch times come back on every cached answer
 def _rfc3339(seconds: int) -> str | None:
     try:
-        moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+        return utc_timestamp(seconds)
     except (OverflowError, OSError, ValueError):  # beyond year 9999: not a time a policy can have
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_domain(text: str, *, field: str = "domain") -> str:

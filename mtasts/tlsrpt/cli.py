@@ -16,6 +16,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from .._rfc3339 import utc_timestamp
 from ..errors import UsageError
 from ..options import WorldOptions
 from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule
@@ -31,10 +32,6 @@ def _reporter(store: str, organization: str, contact: str | None, schedule: Send
     schedule = schedule or SendSchedule()
     return TLSReporter(organization_name=organization, contact_info=contact, store=open_store(store),
                        send_delay=schedule.delay, send_window=schedule.window)  # fmt: skip
-
-
-def _stamp(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def show(
@@ -57,7 +54,7 @@ def show(
     elif not reports:
         print("no sessions recorded for that day")
     for report in [] if as_json else reports:
-        due = _stamp(schedule.due_at(report.day, report.policy_domain))
+        due = utc_timestamp(schedule.due_at(report.day, report.policy_domain))
         print(f"# {report.filename} (send time {due})\n{json.dumps(report.json, indent=2)}\n")
     return 0
 

@@ -57,7 +57,7 @@ from ..policy import Mode, Policy
 from .exclude import in_report_delivery, is_report_message, report_delivery
 from .report import DETAIL_FIELDS, Report, build_report
 from .retry import RetryPolicy
-from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule, day_number
+from .schedule import DEFAULT_SEND_DELAY, DEFAULT_SEND_WINDOW, SendSchedule, day_number, day_of
 
 if TYPE_CHECKING:
     from ..delivery import Attempt
@@ -69,7 +69,6 @@ __all__ = ["FailureKey", "PolicyKey", "ReportOutcome", "ReportStatus", "TLSRepor
 
 log = logging.getLogger("mtasts.tlsrpt")
 
-_EPOCH = datetime.date(1970, 1, 1)
 _NO_POLICY = "no-policy-found"
 
 _CACHED_KEYS = 10_000  # policy and failure keys remembered per reporter (then forgotten, and made again)
@@ -184,10 +183,6 @@ def _ip(text: str | None) -> str | None:
         return ipaddress.ip_address(text).compressed
     except ValueError:
         return None
-
-
-def day_of(number: int) -> datetime.date:
-    return _EPOCH + datetime.timedelta(days=number)
 
 
 def _day(key: CountKey) -> int:

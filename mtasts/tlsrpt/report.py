@@ -29,6 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._rfc3339 import utc_timestamp
+from .schedule import day_number
+
 __all__ = ["DETAIL_FIELDS", "Report", "build_report", "day_bounds"]
 
 #: failure-detail fields in the order they are written (§4.4)
@@ -42,18 +45,11 @@ DETAIL_FIELDS = (
     "failure-reason-code",
 )
 
-_EPOCH = datetime.date(1970, 1, 1)
-
 
 def day_bounds(day: datetime.date) -> tuple[int, int]:
     """The report period as epoch seconds: 00:00:00 and 23:59:59 UTC of ``day``."""
-    start = (day - _EPOCH).days * 86400
+    start = day_number(day) * 86400
     return start, start + 86399
-
-
-def _stamp(seconds: int) -> str:
-    """RFC 3339 date-time in UTC with ``Z`` (§4.4 "Internet Date/Time Format")."""
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ def build_report(
         entries.append(entry)
     document = {
         "organization-name": organization_name,
-        "date-range": {"start-datetime": _stamp(begin), "end-datetime": _stamp(end)},
+        "date-range": {"start-datetime": utc_timestamp(begin), "end-datetime": utc_timestamp(end)},
         "contact-info": contact_info,
         "report-id": report_id,
         "policies": entries,

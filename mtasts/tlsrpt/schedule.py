@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .._checks import check_seconds
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_SEND_DELAY", "DEFAULT_SEND_WINDOW", "SendSchedule", "day_number"]
+__all__ = ["DEFAULT_SEND_DELAY", "DEFAULT_SEND_WINDOW", "SendSchedule", "day_number", "day_of"]
 
 _EPOCH = datetime.date(1970, 1, 1)
 
@@ -40,6 +40,11 @@ DEFAULT_SEND_WINDOW = 14400.0
 def day_number(day: datetime.date | int) -> int:
     """A UTC day as the number of days since 1970-01-01 (the counters' and the store's day key)."""
     return day if isinstance(day, int) else (day - _EPOCH).days
+
+
+def day_of(number: int) -> datetime.date:
+    """The UTC day of a day number (:func:`day_number`'s inverse)."""
+    return _EPOCH + datetime.timedelta(days=number)
 
 
 @dataclass(frozen=True, slots=True)
