@@ -8,7 +8,6 @@ and ``world.requests(host)``.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
 import itertools
@@ -49,6 +48,7 @@ from mtasts.stores._link import StoreLink
 from mtasts.testing import World
 
 from ._process import stop_process
+from ._purity import absolute_imports
 from .conftest import FakeClock
 from .test_socketmap import world_config
 
@@ -150,13 +150,7 @@ def texthash(lines: list[str]) -> dict[str, str]:
 
 def test_protocol_module_is_pure() -> None:
     """The protocol's source imports no I/O module (the layering of tests/test_core_imports.py)."""
-    tree = ast.parse((PACKAGE / "control" / "protocol.py").read_text(encoding="utf-8"))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = absolute_imports(PACKAGE / "control" / "protocol.py")
     assert not imported & {"asyncio", "socket", "ssl", "dns", "aiohttp", "time", "select", "os"}
 
 

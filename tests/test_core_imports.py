@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ._purity import absolute_imports
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mtasts"
 CORE_MODULES = [
@@ -45,13 +46,7 @@ PURE_LAYERS = [
 
 @pytest.mark.parametrize("module", CORE_MODULES + PURE_LAYERS)
 def test_core_module_source_imports_no_io(module: str) -> None:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = absolute_imports(PACKAGE / f"{module}.py")
     assert not imported & FORBIDDEN, f"mtasts.{module} imports {imported & FORBIDDEN}"
 
 

@@ -6,7 +6,6 @@ makes (one netstring, a write shutdown, read to EOF). The real Exim is tests/tes
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import doctest
 import logging
@@ -26,6 +25,7 @@ from mtasts.socketmap.exim_answers import allowed_hosts, exim_reply
 from mtasts.stores import MemoryStore
 from mtasts.testing import World
 
+from ._purity import absolute_imports
 from .test_core_imports import FORBIDDEN
 
 
@@ -55,13 +55,7 @@ async def ask(server: SocketmapServer, domain: str) -> bytes:
 
 
 def test_the_answers_module_is_pure() -> None:
-    path = Path(mtasts.socketmap.exim_answers.__file__)
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = absolute_imports(Path(mtasts.socketmap.exim_answers.__file__))
     assert not imported & FORBIDDEN
 
 
