@@ -382,6 +382,18 @@ async def test_a_closed_resolver_answers_temp(resolver: PolicyResolver) -> None:
         await client.close()
 
 
+async def test_a_local_fault_on_sendmails_and_exims_map_names_is_temp(resolver: PolicyResolver) -> None:
+    """The ``sts`` (sendmail) and ``exim`` map names take the same slow path: a local fault is TEMP there too,
+    never NOTFOUND; what memory holds is still served on ``sts``."""
+    async with SocketmapServer(resolver, port=0) as server:
+        assert await server.answer(b"sts enforce.example") == OK_ENFORCE
+        await resolver.aclose()  # new lookups are a local fault
+        local = b"TEMP MTA-STS lookup failed on this host (local error)"
+        assert await server.answer(b"sts d1.example") == local
+        assert (await server.answer(b"exim d2.example")).startswith(b"TEMP ")
+        assert await server.answer(b"sts enforce.example") == OK_ENFORCE
+
+
 async def test_idle_connections_are_closed(resolver: PolicyResolver) -> None:
     async with SocketmapServer(resolver, port=0, idle_timeout=0.3, first_request_timeout=0.3) as server:
         busy = await Client.connect(server)
