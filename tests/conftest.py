@@ -56,6 +56,18 @@ if os.environ.get("MTASTS_TEST_LOOP", "asyncio") == "uvloop":
         return {"uvloop": uvloop.new_event_loop}
 
 
+def world_flags(world: World) -> list[str]:
+    """The command line's world options (``--nameserver``, ``--cafile``, ``--policy-port``) for ``world``."""
+    return [
+        "--nameserver",
+        f"{world.dns_host}:{world.dns_port}",
+        "--cafile",
+        world.ca_pem_path,
+        "--policy-port",
+        str(world.https_port),
+    ]
+
+
 # -- shared fixtures: the loopback world (DNS + HTTPS), its MX servers, an injected clock --------------------------
 
 

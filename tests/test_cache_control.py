@@ -49,7 +49,7 @@ from mtasts.testing import World
 
 from ._process import stop_process
 from ._purity import absolute_imports
-from .conftest import FakeClock
+from .conftest import FakeClock, world_flags
 from .test_socketmap import world_config
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 86400\n"
@@ -599,8 +599,7 @@ async def test_the_command_line_against_a_subprocess_daemon(
     control_path, socketmap_path = os.path.join(sockdir, "control.sock"), os.path.join(sockdir, "map.sock")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mtasts", "serve-socketmap", "--unix", socketmap_path, "--control", control_path,
-        "--store", f"sqlite:{os.path.join(sockdir, 'policies.sqlite3')}", "--nameserver",
-        f"{world.host}:{world.dns_port}", "--cafile", world.ca_pem_path, "--policy-port", str(world.https_port),
+        "--store", f"sqlite:{os.path.join(sockdir, 'policies.sqlite3')}", *world_flags(world),
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

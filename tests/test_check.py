@@ -13,13 +13,13 @@ import pytest
 from mtasts.testing import World
 
 from ._smtp import MailWorld
+from .conftest import world_flags
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.mail.example.com\nmax_age: 604800\n"
 
 
 async def mtasts(world: World, *args: str, port: int | None = None) -> tuple[int, str, str]:
-    world_options = ["--nameserver", f"127.0.0.1:{world.dns_port}", "--cafile", world.ca_pem_path,
-                     "--policy-port", str(world.https_port)]  # fmt: skip
+    world_options = world_flags(world)
     if port is not None:
         world_options += ["--smtp-port", str(port)]
     process = await asyncio.create_subprocess_exec(

@@ -26,6 +26,7 @@ from mtasts.testing import World
 from ._exim import Delivery, Exim, add_mx, exim_instance, find_exim, world_for_exim
 from ._process import stop_process
 from ._smtp import MailWorld
+from .conftest import world_flags
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -107,12 +108,7 @@ async def start_daemon(world: World) -> Daemon:
         "127.0.0.1:0",
         "--store",
         "memory",
-        "--nameserver",
-        f"{world.dns_host}:{world.dns_port}",
-        "--cafile",
-        world.ca_pem_path,
-        "--policy-port",
-        str(world.https_port),
+        *world_flags(world),
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

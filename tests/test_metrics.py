@@ -34,7 +34,7 @@ from mtasts.stores import MemoryStore
 from mtasts.testing import World
 
 from ._process import stop_process
-from .conftest import FakeClock
+from .conftest import FakeClock, world_flags
 from .test_socketmap import Client, world_config
 from .test_socketmap_dane import dane_domain
 
@@ -340,8 +340,7 @@ async def daemon(world: World, log: Path, *flags: str) -> AsyncIterator[Daemon]:
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mtasts", "serve-socketmap", "--listen", "127.0.0.1:0", "--store", "memory",
-            "--nameserver", f"{world.host}:{world.dns_port}", "--cafile", world.ca_pem_path,
-            "--policy-port", str(world.https_port), "--log-format", "json", "--metrics", "127.0.0.1:0", *flags,
+            *world_flags(world), "--log-format", "json", "--metrics", "127.0.0.1:0", *flags,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=output, cwd=ROOT,
         )  # fmt: skip
     try:

@@ -22,6 +22,8 @@ from mtasts import PolicyResolver
 from mtasts.socketmap import SocketmapServer
 from mtasts.testing import World
 
+from .conftest import world_flags
+
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 86400\n"
 SECURE = b"secure match=mx.example.com:.example.net servername=hostname\n"
 TESTING = "version: STSv1\nmode: testing\nmx: mx.example.com\nmax_age: 86400\n"
@@ -120,12 +122,7 @@ async def test_the_daemon_from_the_command_line(postfix_config: Path, world: Wor
         "127.0.0.1:0",
         "--store",
         "memory",
-        "--nameserver",
-        f"{world.host}:{world.dns_port}",
-        "--cafile",
-        world.ca_pem_path,
-        "--policy-port",
-        str(world.https_port),
+        *world_flags(world),
         "--event-loop",
         event_loop,
         stderr=asyncio.subprocess.PIPE,

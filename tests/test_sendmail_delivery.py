@@ -31,6 +31,7 @@ from ._dns53 import world_on_port_53
 from ._process import stop_process
 from ._sendmail import Outcome, Sendmail, Tools, find_sendmail, sendmail_instance, substitute
 from ._smtp import MailWorld, free_port
+from .conftest import world_flags
 from .test_sendmail import documented_block, documented_mc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -73,13 +74,10 @@ async def start_daemon(world: World, directory: Path) -> tuple[asyncio.subproces
     config.write_text(documented_block("toml"))
     command = next(line for line in documented_block("sh").splitlines() if line.startswith("mtasts serve-"))
     command = substitute(command, {"127.0.0.1:8461": "127.0.0.1:0", "/etc/mtasts/sendmail.toml": str(config)})
-    world_options = ["--nameserver", f"{world.dns_host}:{world.dns_port}", "--cafile", world.ca_pem_path]
-    argv = [sys.executable, "-m", "mtasts", *command.split()[1:], "--store", "memory", *world_options]
+    argv = [sys.executable, "-m", "mtasts", *command.split()[1:], "--store", "memory", *world_flags(world)]
     log = directory / "daemon.log"
     with log.open("wb") as stderr:
-        daemon = await asyncio.create_subprocess_exec(
-            *argv, "--policy-port", str(world.https_port), stderr=stderr, stdin=asyncio.subprocess.DEVNULL
-        )
+        daemon = await asyncio.create_subprocess_exec(*argv, stderr=stderr, stdin=asyncio.subprocess.DEVNULL)
     for _ in range(750):  # 15 s
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
         if match:

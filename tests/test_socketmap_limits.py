@@ -37,6 +37,7 @@ from mtasts.socketmap import (
 )
 from mtasts.testing import World
 
+from .conftest import world_flags
 from .test_postfix import postmap
 from .test_socketmap import Client, world_config
 
@@ -369,8 +370,7 @@ async def daemon(world: World, log: Path, *flags: str, nofile: int | None = None
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mtasts", "serve-socketmap", "--listen", "127.0.0.1:0", "--store", "memory",
-            "--nameserver", f"{world.host}:{world.dns_port}", "--cafile", world.ca_pem_path,
-            "--policy-port", str(world.https_port), "--log-level", "info", *flags,
+            *world_flags(world), "--log-level", "info", *flags,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=output, cwd=ROOT, preexec_fn=lower_the_limit,
         )  # fmt: skip
     try:

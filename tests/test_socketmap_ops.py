@@ -29,6 +29,7 @@ from mtasts.socketmap.reload import plan_reload
 from mtasts.testing import World
 
 from ._process import stop_process
+from .conftest import world_flags
 from .test_socketmap import Client
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.enforce.example\nmax_age: 86400\n"
@@ -107,17 +108,6 @@ class Daemon:
         await self._reader
         assert self.process.returncode is not None
         return self.process.returncode
-
-
-def world_flags(world: World) -> list[str]:
-    return [
-        "--nameserver",
-        f"{world.host}:{world.dns_port}",
-        "--cafile",
-        world.ca_pem_path,
-        "--policy-port",
-        str(world.https_port),
-    ]
 
 
 @contextlib.asynccontextmanager
